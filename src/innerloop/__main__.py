@@ -1,0 +1,5 @@
+import sys
+
+from innerloop.experiments.cli import main
+
+sys.exit(main())

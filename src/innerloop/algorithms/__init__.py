@@ -1,0 +1,27 @@
+"""Meta-algorithms (outer loops) and the shared inner loop."""
+
+from innerloop.algorithms.anil import ANIL
+from innerloop.algorithms.base import EvalOutput, MetaAlgorithm
+from innerloop.algorithms.inner_loop import autograd_value_and_grad, func_value_and_grad, inner_loop
+from innerloop.algorithms.maml import FOMAML, MAML
+from innerloop.algorithms.random_init import RandomInit
+
+ALGORITHMS: dict[str, type[MetaAlgorithm]] = {
+    "maml": MAML,
+    "fomaml": FOMAML,
+    "anil": ANIL,
+    "random_init": RandomInit,
+}
+
+__all__ = [
+    "ALGORITHMS",
+    "ANIL",
+    "FOMAML",
+    "MAML",
+    "EvalOutput",
+    "MetaAlgorithm",
+    "RandomInit",
+    "autograd_value_and_grad",
+    "func_value_and_grad",
+    "inner_loop",
+]

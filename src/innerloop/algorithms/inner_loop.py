@@ -1,0 +1,85 @@
+"""The single inner loop every algorithm and rule goes through: ``grads → rule → geometry``.
+
+Gradients of the support loss are taken by a pluggable ``value_and_grad``:
+
+* :func:`autograd_value_and_grad` (``torch.autograd.grad``) for the plain loop over tasks; with
+  ``create_graph=False`` it builds no double-backward graph, which is what makes first-order
+  cheap;
+* :func:`func_value_and_grad` (``torch.func.grad_and_value``) for the ``vmap`` path, where
+  ``torch.autograd.grad`` cannot be called.
+
+Both compose with an outer ``backward()`` that forms the meta-gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from innerloop.geometry import Geometry
+from innerloop.rules.base import UpdateRule
+from innerloop.types import InnerResult, Params
+
+Forward = Callable[[Params, Tensor], Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+# fn(params) -> (loss, outputs); returns (grads, loss, outputs)
+ValueAndGrad = Callable[[Callable[[Params], tuple[Tensor, Tensor]], Params, bool], tuple[Params, Tensor, Tensor]]
+
+
+def autograd_value_and_grad(fn, params: Params, create_graph: bool):
+    with torch.enable_grad():
+        p = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
+        loss, out = fn(p)
+        # retain_graph: a rule may still differentiate through the support outputs (e.g. MLPLR with
+        # a non-detached learning rate); the graph is freed as soon as nothing refers to it.
+        grads = torch.autograd.grad(loss, list(p.values()), create_graph=create_graph, retain_graph=True)
+    return dict(zip(p.keys(), grads, strict=True)), loss, out
+
+
+def func_value_and_grad(fn, params: Params, create_graph: bool):
+    grads, (loss, out) = torch.func.grad_and_value(fn, has_aux=True)(params)
+    if not create_graph:
+        grads = {k: g.detach() for k, g in grads.items()}
+    return grads, loss, out
+
+
+def inner_loop(
+    forward: Forward,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    *,
+    rule: UpdateRule,
+    geometry: Geometry,
+    loss_fn: LossFn,
+    steps: int,
+    first_order: bool,
+    value_and_grad: ValueAndGrad = autograd_value_and_grad,
+) -> InnerResult:
+    """Adapt ``params`` to the support set ``(x, y)`` with ``steps`` steps of ``rule``.
+
+    ``forward(params, x)`` returns model outputs; only the tensors in ``params`` are adapted.
+    With ``first_order`` the support gradients are cut from the graph (FOMAML); the path from the
+    rule's meta-parameters to the adapted weights is kept either way.
+    """
+    gstate = geometry.init(params)
+    rstate = rule.init(params)
+    losses: list[Tensor] = []
+    traces: list[dict[str, Tensor]] = []
+    for step in range(steps):
+        p = geometry.params(gstate)
+
+        def support_loss(p_: Params) -> tuple[Tensor, Tensor]:
+            out = forward(p_, x)
+            return loss_fn(out, y), out
+
+        grads, loss, out = value_and_grad(support_loss, p, not first_order)
+        updates, rstate = rule(grads, rstate, p, step=step, loss=loss, logits=out, targets=y)
+        gstate = geometry.step(gstate, updates)
+        losses.append(loss.detach())
+        traces.append({k: v.detach() for k, v in rule.report(rstate).items()})
+    support_losses = torch.stack(losses) if losses else x.new_zeros(0)
+    trace = {k: torch.stack([t[k] for t in traces]) for k in (traces[0] if traces else {})}
+    return InnerResult(geometry.params(gstate), support_losses, trace)

@@ -1,0 +1,132 @@
+"""Synthetic task families: sine regression (ALFA / MAML protocols) and KFO's linear binary task.
+
+A task family samples meta-batches from a ``torch.Generator`` (whose state goes into
+checkpoints, so resumed runs see the same tasks) and knows its loss and metric.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from innerloop.types import Task
+
+
+class TaskFamily:
+    """Interface: ``sample(n, generator) -> Task`` with a leading task dimension."""
+
+    #: name of the reported metric and whether larger is better
+    metric_name: str = "metric"
+    higher_is_better: bool = True
+    input_shape: tuple[int, ...] = ()
+    output_dim: int = 1
+
+    def sample(self, n: int, generator: torch.Generator) -> Task:
+        raise NotImplementedError
+
+    def fixed_tasks(self, n: int, seed: int) -> Task:
+        """``n`` tasks fixed by ``seed`` (validation and test sets)."""
+        return self.sample(n, torch.Generator().manual_seed(seed))
+
+    @staticmethod
+    def loss(outputs: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def metric(outputs: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def _uniform(gen: torch.Generator, shape, lo: float, hi: float) -> Tensor:
+    return torch.rand(shape, generator=gen) * (hi - lo) + lo
+
+
+class Sine(TaskFamily):
+    """Sine regression.
+
+    ``form="alfa"`` (ALFA Table 8): ``y = A sin(ω x + b)``, A∈[0.1, 5], ω∈[0.8, 1.2], b∈[0, π].
+    ``form="maml"`` (Finn et al.): ``y = A sin(x − φ)``, A∈[0.1, 5], φ∈[0, π].
+    x∈[−5, 5]; ``k_shot`` support points, ``query`` query points; metric = query MSE.
+    Shapes: x and y are ``[n, K, 1]``.
+    """
+
+    metric_name = "mse"
+    higher_is_better = False
+    input_shape = (1,)
+    output_dim = 1
+
+    def __init__(self, k_shot: int = 5, query: int = 100, form: Literal["alfa", "maml"] = "alfa"):
+        if form not in ("alfa", "maml"):
+            raise ValueError(f"sine form must be 'alfa' or 'maml', got {form!r}")
+        self.k_shot, self.query, self.form = int(k_shot), int(query), form
+
+    def sample(self, n: int, generator: torch.Generator) -> Task:
+        amp = _uniform(generator, (n, 1, 1), 0.1, 5.0)
+        if self.form == "alfa":
+            freq = _uniform(generator, (n, 1, 1), 0.8, 1.2)
+            phase = _uniform(generator, (n, 1, 1), 0.0, math.pi)
+        else:
+            freq = torch.ones(n, 1, 1)
+            phase = -_uniform(generator, (n, 1, 1), 0.0, math.pi)
+        x = _uniform(generator, (n, self.k_shot + self.query, 1), -5.0, 5.0)
+        y = amp * torch.sin(freq * x + phase)
+        k = self.k_shot
+        return Task(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
+
+    @staticmethod
+    def loss(outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.mse_loss(outputs, targets)
+
+    metric = loss
+
+
+class LinearBinary(TaskFamily):
+    """KFO §3.2: ``w ~ N(0, I_d)`` per task, ``x ~ N(0, I_d)``, label ``1[wᵀx > 0]``; BCE loss.
+
+    The support set is balanced (``support/2`` points per label): points are drawn from N(0, I)
+    and those on the wrong side are negated, which keeps each point N(0, I) given its label.
+    The query set is drawn as is. Shapes: x ``[n, N, d]``, y ``[n, N]`` (float 0/1).
+    """
+
+    metric_name = "accuracy"
+    higher_is_better = True
+    output_dim = 1
+
+    def __init__(self, dim: int = 100, support: int = 10, query: int = 100):
+        if support % 2:
+            raise ValueError(f"linear task support size must be even (balanced labels), got {support}")
+        self.dim, self.support, self.query = int(dim), int(support), int(query)
+        self.input_shape = (self.dim,)
+
+    def sample(self, n: int, generator: torch.Generator) -> Task:
+        w = torch.randn(n, self.dim, generator=generator)
+        xs = torch.randn(n, self.support, self.dim, generator=generator)
+        xq = torch.randn(n, self.query, self.dim, generator=generator)
+        want = torch.ones(n, self.support)
+        want[:, self.support // 2 :] = -1.0  # first half positive, second half negative
+        side = torch.sign(torch.einsum("nkd,nd->nk", xs, w))
+        side[side == 0] = 1.0
+        xs = xs * (side * want).unsqueeze(-1)
+        ys = (want > 0).float()
+        yq = (torch.einsum("nkd,nd->nk", xq, w) > 0).float()
+        return Task(xs, ys, xq, yq)
+
+    @staticmethod
+    def loss(outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(outputs.squeeze(-1), targets)
+
+    @staticmethod
+    def metric(outputs: Tensor, targets: Tensor) -> Tensor:
+        return ((outputs.squeeze(-1) > 0).to(targets.dtype) == targets).to(outputs.dtype).mean()
+
+
+def classification_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(outputs, targets)
+
+
+def classification_accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs.argmax(-1) == targets).to(outputs.dtype).mean()

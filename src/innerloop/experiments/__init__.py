@@ -1,0 +1,1 @@
+"""Configs, building, training, evaluation and the command line."""

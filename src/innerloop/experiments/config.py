@@ -1,0 +1,226 @@
+"""Experiment configuration: a TOML (or JSON) file plus dotted overrides, validated by pydantic.
+
+Unknown keys are an error that lists the valid keys at that level; a wrong type is an error that
+names the key. Sections whose content depends on a ``name`` (task, model, rule) are validated
+against the config class registered for that name.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
+
+from innerloop.rules import RULES
+
+
+class ConfigError(ValueError):
+    """A user error in a config file or override; the message is meant to be printed as is."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- task families ---------------------------------------------------------------------------
+class SineConfig(Strict):
+    name: Literal["sine"] = "sine"
+    k_shot: PositiveInt = 5
+    query: PositiveInt = 100
+    form: Literal["alfa", "maml"] = "alfa"
+
+
+class LinearConfig(Strict):
+    name: Literal["linear"] = "linear"
+    dim: PositiveInt = 100
+    support: PositiveInt = 10
+    query: PositiveInt = 100
+
+
+TaskConfig = Annotated[Union[SineConfig, LinearConfig], Field(discriminator="name")]  # noqa: UP007
+
+
+# ---- models ----------------------------------------------------------------------------------
+class MLPConfig(Strict):
+    name: Literal["mlp"] = "mlp"
+    hidden: list[PositiveInt] = [40, 40]
+
+
+class LogRegConfig(Strict):
+    name: Literal["logreg"] = "logreg"
+
+
+class LinNetConfig(Strict):
+    name: Literal["linnet"] = "linnet"
+    hidden: PositiveInt = 64
+    layers: PositiveInt = 3
+
+
+ModelConfig = Annotated[Union[MLPConfig, LogRegConfig, LinNetConfig], Field(discriminator="name")]  # noqa: UP007
+
+# ---- rules: one config class per registered rule -----------------------------------------------
+RuleConfigUnion = Annotated[Union[tuple(s.config for s in RULES.values())], Field(discriminator="name")]  # noqa: UP007
+
+
+class AlgorithmConfig(Strict):
+    name: Literal["maml", "fomaml", "anil", "random_init"] = "maml"
+    inner_steps: PositiveInt = 1
+    eval_inner_steps: PositiveInt | None = None  # default: inner_steps
+    first_order: bool = False  # fomaml is maml with first_order = true
+
+
+class TrainConfig(Strict):
+    iterations: NonNegativeInt = 70000
+    meta_batch: PositiveInt = 25
+    optimizer: Literal["adam", "sgd"] = "adam"
+    meta_lr: PositiveFloat = 1e-3
+    val_every: PositiveInt = 1000
+    val_tasks: PositiveInt = 100
+    val_seed: int = 1
+    log_every: PositiveInt = 100
+    checkpoint_every: PositiveInt = 1000
+    seed: int = 0
+    execution: Literal["auto", "loop", "vmap"] = "auto"
+    device: str = "cpu"
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+class EvalConfig(Strict):
+    tasks: PositiveInt = 600
+    seed: int = 2
+    batch: PositiveInt = 50  # tasks evaluated together (memory knob; results do not depend on it)
+
+
+class Config(Strict):
+    name: str = "run"
+    task: TaskConfig = Field(default_factory=SineConfig)
+    model: ModelConfig = Field(default_factory=MLPConfig)
+    rule: RuleConfigUnion = Field(default_factory=lambda: RULES["sgd"].config())
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+# ---- validation with readable errors -----------------------------------------------------------
+def _union_members(annotation: Any) -> list[type[BaseModel]] | None:
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) is Union:
+        members = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        return members or None
+    return None
+
+
+def _submodel(annotation: Any, value: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    members = _union_members(annotation)
+    if members and isinstance(value, dict):
+        for m in members:
+            if m.model_fields["name"].default == value.get("name"):
+                return m
+    return None
+
+
+def _default_name(members: list[type[BaseModel]]) -> Any:
+    return members[0].model_fields["name"].default
+
+
+def _unknown_keys(data: dict, cls: type[BaseModel], path: str, out: list[str]) -> None:
+    for key, value in data.items():
+        field = cls.model_fields.get(key)
+        if field is None:
+            valid = ", ".join(cls.model_fields)
+            where = f"[{path.rstrip('.')}]" if path else "the top level"
+            out.append(f"unknown key '{path}{key}' (valid keys in {where}: {valid})")
+            continue
+        members = _union_members(field.annotation)
+        if members and isinstance(value, dict) and "name" not in value:
+            value["name"] = _default_name(members)  # a section without a name takes the default one
+        sub = _submodel(field.annotation, value)
+        if sub is not None and isinstance(value, dict):
+            _unknown_keys(value, sub, f"{path}{key}.", out)
+
+
+def _format_validation(err: ValidationError, data: dict) -> str:
+    lines = []
+    for e in err.errors():
+        # drop union tags from the location: keep only elements that are keys of the data
+        loc, node = [], data
+        for part in e["loc"]:
+            if isinstance(node, dict) and part in node:
+                loc.append(str(part))
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int):
+                loc.append(str(part))
+                node = node[part] if part < len(node) else None
+        key = ".".join(loc) or "<config>"
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        lines.append(f"{key}: {e['msg']}{got}")
+    return "; ".join(lines)
+
+
+def validate(data: dict) -> Config:
+    problems: list[str] = []
+    _unknown_keys(data, Config, "", problems)
+    if problems:
+        raise ConfigError("config error: " + "; ".join(problems))
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError("config error: " + _format_validation(err, data)) from None
+    if cfg.algorithm.name == "fomaml":
+        cfg.algorithm.first_order = True
+    return cfg
+
+
+# ---- files and overrides ----------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    """Parse an override value as a TOML value (numbers, booleans, lists); fall back to a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` (or ``--section.key=value``) overrides to a raw config dict."""
+    for item in overrides:
+        text = item[2:] if item.startswith("--") else item
+        if "=" not in text:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        key, value = text.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: '{p}' is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(value.strip())
+    return data
+
+
+def read_file(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        if p.suffix == ".json":
+            return json.loads(p.read_text())
+        return tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot parse config file {p}: {e}") from None
+
+
+def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    data = read_file(path) if path is not None else {}
+    return validate(apply_overrides(data, list(overrides or [])))
+
+
+def to_dict(cfg: Config) -> dict:
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,259 @@
+"""Meta-training and evaluation of one configured run.
+
+A run directory holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object per
+log line), ``last.pt`` (everything needed to resume exactly), ``best.pt`` (best validation
+weights) and ``test.json`` (the final test on fixed tasks, from ``best.pt``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from innerloop.algorithms import EvalOutput, MetaAlgorithm
+from innerloop.data import TaskFamily
+from innerloop.experiments import checkpoint as ckpt
+from innerloop.experiments.build import build, choose_path
+from innerloop.experiments.config import Config, ConfigError, to_dict, validate
+from innerloop.types import Task
+
+#: keys of the config that may change when a run is resumed
+RESUMABLE_CHANGES = {"train.iterations"}
+
+
+class RunInterrupted(RuntimeError):
+    """Training stopped early (Ctrl-C or ``stop_at``); ``last.pt`` holds the state to resume from."""
+
+
+def mean_ci(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and 95% confidence half-width ``1.96 · std / √N`` (sample std) over tasks."""
+    v = values.detach().double().cpu()
+    n = v.numel()
+    std = v.std(unbiased=True).item() if n > 1 else 0.0
+    return v.mean().item(), 1.96 * std / math.sqrt(n)
+
+
+def evaluate_tasks(
+    algo: MetaAlgorithm, tasks: Task, *, path: str, batch: int, steps: int | None = None
+) -> EvalOutput:
+    """Evaluate ``algo`` on every task of ``tasks`` (``batch`` tasks at a time)."""
+    dev = next(algo.parameters()).device
+    dtype = next(algo.parameters()).dtype
+    outs = []
+    for i in range(0, tasks.num_tasks, batch):
+        chunk = Task(*(_cast(t[i : i + batch], dev, dtype) for t in tasks))
+        outs.append(algo.evaluate(chunk, path, steps))
+    return EvalOutput(
+        torch.cat([o.loss for o in outs]),
+        torch.cat([o.metric for o in outs]),
+        torch.cat([o.support_losses for o in outs]),
+        {k: torch.cat([o.trace[k] for o in outs]) for k in outs[0].trace},
+    )
+
+
+def _cast(t: torch.Tensor, device, dtype) -> torch.Tensor:
+    return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+
+
+def summarize(out: EvalOutput, family: TaskFamily) -> dict[str, Any]:
+    mean, ci = mean_ci(out.metric)
+    return {
+        "metric": family.metric_name,
+        "mean": mean,
+        "ci95": ci,
+        "tasks": int(out.metric.numel()),
+        "query_loss": mean_ci(out.loss)[0],
+        "support_loss_per_step": out.support_losses.double().mean(0).tolist(),
+        "trace": {k: v.double().mean(0).tolist() for k, v in out.trace.items()},
+    }
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        key = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, key + ".")
+        elif va != vb:
+            out.append(key)
+    return out
+
+
+class _Logger:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, **row: Any) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def train(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> dict[str, Any]:
+    """Meta-train, validate, checkpoint and test one run; return the test summary.
+
+    With ``resume`` the run continues from ``out_dir/last.pt`` exactly (same tasks, same optimizer
+    state, same random streams); only ``train.iterations`` may differ from the stored config.
+    ``stop_at`` ends training after that iteration (as an interruption would) and raises
+    :class:`RunInterrupted`.
+    """
+    out = Path(out_dir)
+    last, best = out / "last.pt", out / "best.pt"
+    if last.exists() and not resume:
+        raise ConfigError(f"{out} already holds a run (last.pt); pass --resume to continue it or use another --out")
+    if resume:
+        if not last.exists():
+            raise ConfigError(f"nothing to resume: {last} does not exist")
+        stored = json.loads((out / "config.json").read_text())
+        changed = [k for k in _diff(stored, to_dict(cfg)) if k not in RESUMABLE_CHANGES]
+        if changed:
+            raise ConfigError(
+                f"cannot resume {out}: the config differs from the stored one in {', '.join(changed)} "
+                f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.save_json(to_dict(cfg), out / "config.json")
+    log = _Logger(out / "metrics.jsonl")
+
+    family, algo = build(cfg)
+    device = next(algo.parameters()).device
+    dtype = next(algo.parameters()).dtype
+    path = choose_path(algo, cfg.train.execution, device)
+    tc = cfg.train
+    params = algo.meta_parameters()
+    # No meta-parameters (random init + plain SGD, ALFA's "Random" row): nothing to train, only test.
+    opt_cls = torch.optim.Adam if tc.optimizer == "adam" else torch.optim.SGD
+    opt = opt_cls(params, lr=tc.meta_lr) if params else None
+    gen = torch.Generator().manual_seed(tc.seed)
+    val_tasks = family.fixed_tasks(tc.val_tasks, tc.val_seed)
+    sign = 1.0 if family.higher_is_better else -1.0
+    start, best_score, best_it = 0, -math.inf, -1
+
+    if resume:
+        state = ckpt.load_torch(last, map_location=device)
+        algo.load_state_dict(state["algorithm"])
+        if opt is not None:
+            opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start, best_score, best_it = state["iteration"], state["best_score"], state["best_iteration"]
+        path = state["path"]
+        log(event="resume", iteration=start)
+    else:
+        log(event="start", path=path, meta_parameters=sum(p.numel() for p in params))
+
+    def save_last(it: int) -> None:
+        ckpt.save_torch(
+            {
+                "iteration": it,
+                "algorithm": algo.state_dict(),
+                "optimizer": opt.state_dict() if opt is not None else None,
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "best_score": best_score,
+                "best_iteration": best_it,
+                "path": path,
+            },
+            last,
+        )
+
+    bar = tqdm(total=tc.iterations, initial=start, disable=not progress, desc=cfg.name, dynamic_ncols=True)
+    postfix: dict[str, str] = {}
+    it = start
+    t0 = time.perf_counter()
+    try:
+        while it < tc.iterations:
+            batch = family.sample(tc.meta_batch, gen)
+            batch = Task(*(_cast(t, device, dtype) for t in batch))
+            algo.zero_grad(set_to_none=True)
+            stats = algo.meta_backward(batch, path)
+            if opt is not None:
+                opt.step()
+            it += 1
+            if not all(math.isfinite(v) for v in stats.values()):
+                raise FloatingPointError(f"meta-loss is not finite at iteration {it}: {stats}")
+            if it % tc.log_every == 0 or it == tc.iterations:
+                log(iteration=it, loss=stats["loss"], metric=stats["metric"], seconds=time.perf_counter() - t0)
+                postfix["loss"] = f"{stats['loss']:.4g}"
+            if it % tc.val_every == 0 or it == tc.iterations:
+                v = summarize(evaluate_tasks(algo, val_tasks, path=path, batch=cfg.eval.batch), family)
+                score = sign * v["mean"]
+                if score > best_score:
+                    best_score, best_it = score, it
+                    ckpt.save_torch({"iteration": it, "algorithm": algo.state_dict(), "val": v}, best)
+                log(iteration=it, val=v["mean"], val_ci95=v["ci95"], best_iteration=best_it)
+                postfix["val"] = f"{v['mean']:.4g}"
+            if it % tc.checkpoint_every == 0 or it == tc.iterations:
+                save_last(it)
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+            if stop_at is not None and it >= stop_at and it < tc.iterations:
+                save_last(it)
+                raise RunInterrupted(f"stopped at iteration {it}")
+    except KeyboardInterrupt:
+        save_last(it)
+        raise RunInterrupted(f"interrupted at iteration {it}; continue with --resume") from None
+    finally:
+        bar.close()
+    if not last.exists():  # zero iterations
+        save_last(it)
+    return evaluate_run(out)
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> tuple[Config, TaskFamily, MetaAlgorithm, str]:
+    """Rebuild a run from its directory and load ``best.pt`` (or ``last.pt``)."""
+    out = Path(run_dir)
+    if not (out / "config.json").is_file():
+        raise ConfigError(f"{out} is not a run directory (no config.json)")
+    cfg = validate(json.loads((out / "config.json").read_text()))
+    family, algo = build(cfg)
+    f = out / f"{which}.pt"
+    if which == "best" and not f.exists():
+        f = out / "last.pt"
+    if not f.exists():
+        raise ConfigError(f"{out} has no checkpoint ({which}.pt or last.pt)")
+    state = ckpt.load_torch(f, map_location=next(algo.parameters()).device)
+    algo.load_state_dict(state["algorithm"])
+    path = state.get("path") or choose_path(algo, cfg.train.execution, next(algo.parameters()).device)
+    return cfg, family, algo, path
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    tasks: int | None = None,
+    steps: int | None = None,
+    which: str = "best",
+    write: bool = True,
+) -> dict[str, Any]:
+    """Test on ``eval.tasks`` tasks fixed by ``eval.seed``, from the best-validation weights."""
+    out = Path(run_dir)
+    cfg, family, algo, path = load_run(out, which)
+    n = tasks or cfg.eval.tasks
+    test_tasks = family.fixed_tasks(n, cfg.eval.seed)
+    res = summarize(evaluate_tasks(algo, test_tasks, path=path, batch=cfg.eval.batch, steps=steps), family)
+    state = ckpt.load_torch(out / f"{which}.pt") if (out / f"{which}.pt").exists() else {}
+    res.update(
+        name=cfg.name,
+        checkpoint=which,
+        iteration=state.get("iteration"),
+        inner_steps=steps or algo.eval_inner_steps,
+        path=path,
+    )
+    if write:
+        ckpt.save_json(res, out / "test.json")
+        _Logger(out / "metrics.jsonl")(event="test", **{k: res[k] for k in ("mean", "ci95", "tasks")})
+    return res

@@ -1,0 +1,6 @@
+"""Models. Each has ``body`` and ``head`` submodules (ANIL adapts the head)."""
+
+from innerloop.models.conv import BatchNorm2d, Conv4, GroupNorm
+from innerloop.models.mlp import MLP, LinNet, LogisticRegression
+
+__all__ = ["MLP", "BatchNorm2d", "Conv4", "GroupNorm", "LinNet", "LogisticRegression"]

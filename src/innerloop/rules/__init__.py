@@ -1,0 +1,30 @@
+"""Inner-loop update rules. Importing this package registers every rule in :data:`RULES`."""
+
+from innerloop.rules import lslr, meta_sgd, sgd  # noqa: F401  (registration side effects)
+from innerloop.rules.base import (
+    RULES,
+    BuildContext,
+    Chain,
+    RuleConfig,
+    UpdateRule,
+    build_rule,
+    chain,
+    register_rule,
+)
+from innerloop.rules.lslr import LSLR
+from innerloop.rules.meta_sgd import MetaSGD
+from innerloop.rules.sgd import SGD
+
+__all__ = [
+    "RULES",
+    "LSLR",
+    "SGD",
+    "BuildContext",
+    "Chain",
+    "MetaSGD",
+    "RuleConfig",
+    "UpdateRule",
+    "build_rule",
+    "chain",
+    "register_rule",
+]

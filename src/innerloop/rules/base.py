@@ -1,0 +1,125 @@
+"""The update-rule interface, composition, and the registry of rules.
+
+An update rule maps the support gradients of one inner step to an *update* (the quantity the
+geometry adds to the parameters; for plain SGD ``u = -lr * g``). Its meta-parameters are
+``nn.Parameter``s of the module, so the outer optimizer trains them like any other weight.
+
+Rules are pure in their inner state: ``update`` returns a new state instead of mutating one,
+which is what lets the same code run in a Python loop over tasks and under ``torch.func.vmap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from innerloop.types import Params
+
+State = Any  # a pytree of tensors: (), a NamedTuple, or a tuple of states
+
+
+class UpdateRule(nn.Module):
+    """Base class of inner-loop update rules.
+
+    Subclasses implement :meth:`update`; stateful rules also override :meth:`init`.
+    ``update`` receives keyword extras from the inner loop (``step``, ``loss``, ``logits``,
+    ``targets``) and must accept and ignore those it does not need (``**extra``).
+    """
+
+    def init(self, params: Params) -> State:
+        """Initial inner state for a task (default: stateless)."""
+        return ()
+
+    def update(
+        self, grads: Params, state: State, params: Params, *, step: int, **extra: Any
+    ) -> tuple[Params, State]:
+        raise NotImplementedError
+
+    def report(self, state: State) -> dict[str, Tensor]:
+        """Scalars worth recording after a step (e.g. a generated learning rate). Default: none."""
+        return {}
+
+    def forward(self, grads: Params, state: State, params: Params, **kwargs: Any) -> tuple[Params, State]:
+        return self.update(grads, state, params, **kwargs)
+
+
+class Chain(UpdateRule):
+    """Apply rules in sequence: the first receives the gradients, each next one the previous updates."""
+
+    def __init__(self, *rules: UpdateRule):
+        super().__init__()
+        if not rules:
+            raise ValueError("Chain needs at least one rule")
+        self.rules = nn.ModuleList(rules)
+
+    def init(self, params: Params) -> State:
+        return tuple(r.init(params) for r in self.rules)
+
+    def update(self, grads, state, params, *, step, **extra):
+        new_states = []
+        updates = grads
+        for rule, s in zip(self.rules, state, strict=True):
+            updates, s = rule.update(updates, s, params, step=step, **extra)
+            new_states.append(s)
+        return updates, tuple(new_states)
+
+    def report(self, state):
+        out: dict[str, Tensor] = {}
+        for i, (rule, s) in enumerate(zip(self.rules, state, strict=True)):
+            out.update({f"{i}.{k}": v for k, v in rule.report(s).items()})
+        return out
+
+
+def chain(*rules: UpdateRule) -> Chain:
+    return Chain(*rules)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry: name -> (config model, builder). The config model is what a config file's [rule]
+# table is validated against; the builder turns it into a module for the adapted tensors.
+
+
+class RuleConfig(BaseModel):
+    """Base of every rule's config (unknown keys are rejected)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a rule needs to know to size its meta-parameters."""
+
+    shapes: dict[str, torch.Size]  # the inner-adapted tensors, by parameter name
+    num_steps: int  # the largest number of inner steps it will be asked to take (train or eval)
+    dtype: torch.dtype = torch.float32  # dtype of the meta-parameters (that of the model)
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    name: str
+    config: type[RuleConfig]
+    build: Callable[[Any, BuildContext], UpdateRule]
+
+
+RULES: dict[str, RuleSpec] = {}
+
+
+def register_rule(name: str, config: type[RuleConfig]):
+    """Decorator: register ``build(cfg, ctx) -> UpdateRule`` under ``name``."""
+
+    def deco(build):
+        if name in RULES:
+            raise ValueError(f"rule {name!r} registered twice")
+        RULES[name] = RuleSpec(name, config, build)
+        return build
+
+    return deco
+
+
+def build_rule(cfg: RuleConfig, ctx: BuildContext) -> UpdateRule:
+    return RULES[cfg.name].build(cfg, ctx)  # type: ignore[attr-defined]

@@ -1,0 +1,43 @@
+"""Small builders shared by the tests (float64 everywhere the maths is compared)."""
+
+from __future__ import annotations
+
+import torch
+
+from innerloop.algorithms import ALGORITHMS
+from innerloop.data import LinearBinary, Sine
+from innerloop.models import MLP, LinNet
+from innerloop.rules import RULES, BuildContext
+from innerloop.types import Task
+
+DT = torch.float64
+
+
+def as64(task: Task) -> Task:
+    return Task(*(t.to(DT) for t in task))
+
+
+def make(rule_name: str = "sgd", algo_name: str = "maml", family: str = "sine", *, steps: int = 2,
+         lr: float = 0.05, seed: int = 0, rule_kwargs: dict | None = None, hidden=(8, 8)):
+    """A small float64 meta-learner and one meta-batch of 3 tasks."""
+    torch.manual_seed(seed)
+    if family == "sine":
+        fam = Sine(k_shot=5, query=7)
+        model = MLP(1, list(hidden), 1)
+    else:
+        fam = LinearBinary(dim=6, support=4, query=9)
+        model = LinNet(6, 1, hidden=5, layers=2)
+    model = model.to(DT)
+    cls = ALGORITHMS[algo_name]
+    names = cls.adapted_names(model)
+    params = dict(model.named_parameters())
+    cfg = RULES[rule_name].config(lr=lr, **(rule_kwargs or {}))
+    rule = RULES[rule_name].build(cfg, BuildContext({n: params[n].shape for n in names}, steps, DT))
+    algo = cls(model, rule, loss_fn=fam.loss, metric_fn=fam.metric, inner_steps=steps).to(DT)
+    batch = as64(fam.sample(3, torch.Generator().manual_seed(seed + 1)))
+    return algo, batch
+
+
+def grads_of(algo) -> dict[str, torch.Tensor]:
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in algo.named_parameters() if p.requires_grad}
