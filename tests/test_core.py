@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DT, grads_of, make
 from torch import nn
 
+from helpers import DT, grads_of, make
 from innerloop import MAML, SGD, Euclidean, inner_loop
 from innerloop.algorithms import ALGORITHMS, autograd_value_and_grad, func_value_and_grad
 from innerloop.rules import RULES

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DT, make
 from torch.func import functional_call
 from torch.utils._pytree import tree_flatten
 
+from helpers import DT, make
 from innerloop import SGD, Euclidean, inner_loop
 from innerloop.algorithms import autograd_value_and_grad, func_value_and_grad
 from innerloop.rules import RULES

@@ -6,7 +6,7 @@ The three independent axes are the update rule (:mod:`innerloop.rules`), the met
 
 from innerloop.algorithms import ALGORITHMS, ANIL, FOMAML, MAML, MetaAlgorithm, RandomInit, inner_loop
 from innerloop.geometry import Euclidean, Geometry
-from innerloop.rules import RULES, LSLR, SGD, Chain, MetaSGD, UpdateRule, chain
+from innerloop.rules import LSLR, RULES, SGD, Chain, MetaSGD, UpdateRule, chain
 from innerloop.types import InnerResult, Params, Task
 
 __version__ = "0.1.0"

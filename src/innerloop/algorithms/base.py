@@ -16,6 +16,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from innerloop.algorithms.inner_loop import (
     Forward,
@@ -125,78 +126,60 @@ class MetaAlgorithm(nn.Module):
         return dict(self.model.named_parameters())
 
     # ---- a meta-batch ------------------------------------------------------------------------
+    def map_tasks(self, batch: Task, path: Path, fn, params: Params | None = None):
+        """Apply ``fn(params, task, value_and_grad)`` to every task; stack the outputs (a pytree)."""
+        params = self.params() if params is None else params
+        if path == "loop":
+            rows = [fn(params, batch.index(i), autograd_value_and_grad) for i in range(batch.num_tasks)]
+            flat, spec = zip(*(tree_flatten(r) for r in rows), strict=True)
+            return tree_unflatten([torch.stack(col) for col in zip(*flat, strict=True)], spec[0])
+        if path == "vmap":
+            per_task = lambda p, sx, sy, qx, qy: fn(p, Task(sx, sy, qx, qy), func_value_and_grad)
+            return torch.func.vmap(per_task, in_dims=(None, 0, 0, 0, 0))(params, *batch)
+        raise ValueError(f"unknown execution path {path!r}; expected 'loop' or 'vmap'")
+
+    def _query(self, p: Params, task: Task, vg) -> tuple[Tensor, Tensor]:
+        out, _ = self.run_task(p, task, steps=self.inner_steps, first_order=self.first_order, value_and_grad=vg)
+        return self.loss_fn(out, task.query_y), self.metric_fn(out.detach(), task.query_y)
+
     def forward(self, batch: Task, path: Path = "loop") -> Tensor:
         """Per-task query losses ``[B]`` after meta-training-mode adaptation, differentiable with
         respect to every meta-parameter (so ``torch.func.functional_call(algo, ...)`` and
         ``gradcheck`` apply). Training uses :meth:`meta_backward`, which frees graphs early."""
-        steps, fo = self.inner_steps, self.first_order
-        params = self.params()
-
-        def per_task(p, sx, sy, qx, qy, vg):
-            out, _ = self.run_task(p, Task(sx, sy, qx, qy), steps=steps, first_order=fo, value_and_grad=vg)
-            return self.loss_fn(out, qy)
-
-        if path == "loop":
-            return torch.stack([per_task(params, *batch.index(i), autograd_value_and_grad)
-                                for i in range(batch.num_tasks)])
-        fn = lambda p, sx, sy, qx, qy: per_task(p, sx, sy, qx, qy, func_value_and_grad)
-        return torch.func.vmap(fn, in_dims=(None, 0, 0, 0, 0))(params, *batch)
+        return self.map_tasks(batch, path, lambda p, t, vg: self._query(p, t, vg)[0])
 
     def meta_backward(self, batch: Task, path: Path = "loop") -> dict[str, float]:
         """Accumulate the meta-gradient of the mean query loss into ``.grad``; return mean metrics.
 
-        Does not zero gradients and does not step the optimizer.
+        Does not zero gradients and does not step the optimizer. The loop path back-propagates
+        each task as soon as its query loss exists, so one task's graph is alive at a time.
         """
-        steps, fo = self.inner_steps, self.first_order
-        params = self.params()
         n = batch.num_tasks
         if path == "loop":
+            params = self.params()
             tot_loss = tot_metric = 0.0
             for i in range(n):
-                t = batch.index(i)
-                out, _ = self.run_task(params, t, steps=steps, first_order=fo,
-                                       value_and_grad=autograd_value_and_grad)
-                loss = self.loss_fn(out, t.query_y)
+                loss, metric = self._query(params, batch.index(i), autograd_value_and_grad)
                 if loss.requires_grad:
                     (loss / n).backward()
                 tot_loss += loss.item()
-                tot_metric += self.metric_fn(out.detach(), t.query_y).item()
+                tot_metric += metric.item()
             return {"loss": tot_loss / n, "metric": tot_metric / n}
-        if path == "vmap":
-            def per_task(p, sx, sy, qx, qy):
-                out, _ = self.run_task(p, Task(sx, sy, qx, qy), steps=steps, first_order=fo,
-                                       value_and_grad=func_value_and_grad)
-                return self.loss_fn(out, qy), self.metric_fn(out.detach(), qy)
-
-            losses, metrics = torch.func.vmap(per_task, in_dims=(None, 0, 0, 0, 0))(params, *batch)
-            loss = losses.mean()
-            if loss.requires_grad:
-                loss.backward()
-            return {"loss": loss.item(), "metric": metrics.mean().item()}
-        raise ValueError(f"unknown execution path {path!r}; expected 'loop' or 'vmap'")
+        losses, metrics = self.map_tasks(batch, path, self._query)
+        loss = losses.mean()
+        if loss.requires_grad:
+            loss.backward()
+        return {"loss": loss.item(), "metric": metrics.mean().item()}
 
     @torch.no_grad()
     def evaluate(self, batch: Task, path: Path = "loop", steps: int | None = None) -> EvalOutput:
         """Adapt to each task of ``batch`` (``eval_inner_steps`` by default) and score its query set."""
         steps = self.eval_inner_steps if steps is None else int(steps)
+
+        def per_task(p, task, vg):
+            out, res = self.run_task(p, task, steps=steps, first_order=True, value_and_grad=vg)
+            return (self.loss_fn(out, task.query_y), self.metric_fn(out, task.query_y),
+                    res.support_losses, res.trace)
+
         params = {k: v.detach() for k, v in self.params().items()}
-
-        def per_task(p, sx, sy, qx, qy, vg):
-            out, res = self.run_task(p, Task(sx, sy, qx, qy), steps=steps, first_order=True,
-                                     value_and_grad=vg)
-            return self.loss_fn(out, qy), self.metric_fn(out, qy), res.support_losses, res.trace
-
-        if path == "loop":
-            rows = [per_task(params, *batch.index(i), autograd_value_and_grad) for i in range(batch.num_tasks)]
-            loss, metric, sl, trace = (
-                torch.stack([r[0] for r in rows]),
-                torch.stack([r[1] for r in rows]),
-                torch.stack([r[2] for r in rows]),
-                {k: torch.stack([r[3][k] for r in rows]) for k in rows[0][3]},
-            )
-        elif path == "vmap":
-            fn = lambda p, sx, sy, qx, qy: per_task(p, sx, sy, qx, qy, func_value_and_grad)
-            loss, metric, sl, trace = torch.func.vmap(fn, in_dims=(None, 0, 0, 0, 0))(params, *batch)
-        else:
-            raise ValueError(f"unknown execution path {path!r}; expected 'loop' or 'vmap'")
-        return EvalOutput(loss, metric, sl, trace)
+        return EvalOutput(*self.map_tasks(batch, path, per_task, params))

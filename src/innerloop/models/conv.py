@@ -9,6 +9,8 @@ is exact.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,11 +31,12 @@ class BatchNorm2d(nn.Module):
 
 
 class GroupNorm(nn.Module):
-    """Group norm with the affine part outside the kernel (same reason as :class:`BatchNorm2d`)."""
+    """Group norm with the affine part outside the kernel (same reason as :class:`BatchNorm2d`).
+    Uses ``gcd(groups, channels)`` groups so any channel count works."""
 
     def __init__(self, channels: int, groups: int = 8, eps: float = 1e-5):
         super().__init__()
-        self.groups, self.eps = groups, eps
+        self.groups, self.eps = math.gcd(groups, channels), eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 

@@ -1,0 +1,5 @@
+import sys
+
+from innerloop.bench.meta_step import main
+
+sys.exit(main())

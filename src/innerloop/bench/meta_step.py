@@ -1,0 +1,131 @@
+"""Meta-step benchmark: median seconds per meta-step, tasks/s and peak memory of both execution
+paths, first and second order, on sine regression and an Omniglot-shaped synthetic batch.
+
+Each case runs in its own process so that peak resident memory (``ru_maxrss``) belongs to it
+alone. Nothing here asserts a time: it prints what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from innerloop import MAML, SGD, MetaSGD
+from innerloop.data import Sine
+from innerloop.models import MLP, Conv4
+from innerloop.types import Task
+
+WORKLOADS = {
+    # name: description
+    "sine": "sine 1-40-40-1, K=5, 100 query, 1 step, meta-batch 25",
+    "omniglot-1shot": "1x28x28, 4-CONV-64, 5-way 1-shot, 15 query/class, 5 steps, meta-batch 8",
+    "omniglot-5shot": "1x28x28, 4-CONV-64, 5-way 5-shot, 15 query/class, 5 steps, meta-batch 8",
+}
+
+
+def _accuracy(out, y):
+    return (out.argmax(-1) == y).to(out.dtype).mean()
+
+
+def build(workload: str, rule: str, first_order: bool, meta_batch: int | None):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    if workload == "sine":
+        fam = Sine(5, 100)
+        model = MLP(1, [40, 40], 1)
+        batch = fam.sample(meta_batch or 25, g)
+        loss, metric, steps, lr = fam.loss, fam.metric, 1, 0.01
+    else:
+        shot = 1 if workload == "omniglot-1shot" else 5
+        n_way, query, b = 5, 15, meta_batch or 8
+        model = Conv4((1, 28, 28), n_way, channels=64)
+        sx = torch.rand(b, n_way * shot, 1, 28, 28, generator=g)
+        qx = torch.rand(b, n_way * query, 1, 28, 28, generator=g)
+        sy = torch.arange(n_way).repeat_interleave(shot).expand(b, -1).contiguous()
+        qy = torch.arange(n_way).repeat_interleave(query).expand(b, -1).contiguous()
+        batch = Task(sx, sy, qx, qy)
+        loss, metric, steps, lr = F.cross_entropy, _accuracy, 5, 0.4
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    r = MetaSGD(shapes, lr) if rule == "meta_sgd" else SGD(lr)
+    algo = MAML(model, r, loss_fn=loss, metric_fn=metric, inner_steps=steps, first_order=first_order)
+    return algo, batch
+
+
+def run_case(workload: str, path: str, order: int, rule: str, repeats: int, meta_batch: int | None) -> dict:
+    algo, batch = build(workload, rule, order == 1, meta_batch)
+    opt = torch.optim.Adam(algo.meta_parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        algo.meta_backward(batch, path)
+        opt.step()
+
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {
+        "workload": workload,
+        "path": path,
+        "order": order,
+        "rule": rule,
+        "meta_batch": batch.num_tasks,
+        "median_s": med,
+        "tasks_per_s": batch.num_tasks / med,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m innerloop.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    p.add_argument("--paths", nargs="+", default=["loop", "vmap"], choices=["loop", "vmap"])
+    p.add_argument("--orders", nargs="+", type=int, default=[2, 1], choices=[1, 2])
+    p.add_argument("--rule", default="sgd", choices=["sgd", "meta_sgd"])
+    p.add_argument("--repeats", type=int, default=None, help="timed meta-steps (default: 20 sine, 3 conv)")
+    p.add_argument("--meta-batch", type=int, default=None)
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
+    a = p.parse_args(argv)
+    if a.case:
+        w, path, order = a.case.split(":")
+        reps = a.repeats or (20 if w == "sine" else 3)
+        print(json.dumps(run_case(w, path, int(order), a.rule, reps, a.meta_batch)))
+        return 0
+    rows = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for w in a.workloads:
+        print(f"\n{w}: {WORKLOADS[w]}")
+        print(f"{'path':6} {'order':>5} {'s/meta-step':>12} {'tasks/s':>9} {'peak RSS MB':>12}")
+        for order in a.orders:
+            for path in a.paths:
+                cmd = [sys.executable, "-m", "innerloop.bench", "--case", f"{w}:{path}:{order}", "--rule", a.rule]
+                if a.repeats:
+                    cmd += ["--repeats", str(a.repeats)]
+                if a.meta_batch:
+                    cmd += ["--meta-batch", str(a.meta_batch)]
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                if r.returncode != 0:
+                    print(f"{path:6} {order:>5} failed: {r.stderr.strip().splitlines()[-1:]}")
+                    continue
+                row = json.loads(r.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(f"{path:6} {order:>5} {row['median_s']:>12.4f} {row['tasks_per_s']:>9.1f} "
+                      f"{row['peak_rss_mb']:>12.0f}", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
