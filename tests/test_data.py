@@ -45,3 +45,12 @@ def test_linear_task_labels_follow_the_task_vector():
         assert torch.equal(((x @ w.unsqueeze(-1)).squeeze(-1) > 0).float(), y)
     assert torch.equal(t.support_y.sum(1), torch.full((8,), 5.0))  # balanced support
     assert 0.3 < t.query_y.mean() < 0.7
+
+
+def test_linear_subspace_variant_keeps_w_in_the_subspace():
+    fam = LinearBinary(dim=20, support=4, query=50, subspace=3)
+    torch.testing.assert_close(fam.basis.T @ fam.basis, torch.eye(3), atol=1e-6, rtol=0)
+    t = fam.sample(4, torch.Generator().manual_seed(0))
+    z = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    w = z @ fam.basis.T
+    assert torch.equal(((t.query_x @ w.unsqueeze(-1)).squeeze(-1) > 0).float(), t.query_y)

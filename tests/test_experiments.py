@@ -143,3 +143,22 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "r"), "--tasks", "6", "--steps", "2", "--no-write"]) == 0
     out = capsys.readouterr().out
     assert " 6 " in out and "accuracy" in out
+
+
+def test_demo_runs_both_rules_and_prints_a_table(tmp_path, capsys):
+    assert main(["demo", "--iterations", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "sine-maml" in out and "sine-meta_sgd" in out and out.count("±") == 3  # header + two rows
+    assert (tmp_path / "sine-meta_sgd" / "test.json").exists()
+
+
+def test_auto_path_follows_the_measurements():
+    from innerloop import MAML, SGD
+    from innerloop.experiments.build import choose_path
+    from innerloop.models import MLP, Conv4
+
+    cpu = torch.device("cpu")
+    mk = lambda m: MAML(m, SGD(0.1), loss_fn=None, metric_fn=None, inner_steps=1)
+    assert choose_path(mk(MLP(1, [4], 1)), "auto", cpu) == "vmap"
+    assert choose_path(mk(Conv4((1, 8, 8), 2, channels=2, depth=1)), "auto", cpu) == "loop"
+    assert choose_path(mk(Conv4((1, 8, 8), 2, channels=2, depth=1)), "vmap", cpu) == "vmap"

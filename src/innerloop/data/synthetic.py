@@ -90,20 +90,36 @@ class LinearBinary(TaskFamily):
     The support set is balanced (``support/2`` points per label): points are drawn from N(0, I)
     and those on the wrong side are negated, which keeps each point N(0, I) given its label.
     The query set is drawn as is. Shapes: x ``[n, N, d]``, y ``[n, N]`` (float 0/1).
+
+    With ``w ~ N(0, I_d)``, 10 support points and d = 100, no learner can do much better than
+    chance: even the projection of ``w`` onto the span of the support points has cosine
+    ≈ √(10/100) with ``w``, i.e. ≤ ~60% query accuracy. ``subspace=r`` (not in the paper; our
+    variant) draws ``w = U z`` with ``z ~ N(0, I_r)`` and a fixed random orthonormal ``U``
+    (``d × r``, from ``subspace_seed``): tasks then share structure that meta-learning can exploit.
     """
 
     metric_name = "accuracy"
     higher_is_better = True
     output_dim = 1
 
-    def __init__(self, dim: int = 100, support: int = 10, query: int = 100):
+    def __init__(self, dim: int = 100, support: int = 10, query: int = 100, subspace: int | None = None,
+                 subspace_seed: int = 0):
         if support % 2:
             raise ValueError(f"linear task support size must be even (balanced labels), got {support}")
         self.dim, self.support, self.query = int(dim), int(support), int(query)
         self.input_shape = (self.dim,)
+        self.basis = None
+        if subspace is not None:
+            if not 1 <= subspace <= dim:
+                raise ValueError(f"subspace must be between 1 and dim={dim}, got {subspace}")
+            g = torch.Generator().manual_seed(subspace_seed)
+            self.basis = torch.linalg.qr(torch.randn(dim, subspace, generator=g)).Q  # [d, r]
 
     def sample(self, n: int, generator: torch.Generator) -> Task:
-        w = torch.randn(n, self.dim, generator=generator)
+        if self.basis is None:
+            w = torch.randn(n, self.dim, generator=generator)
+        else:
+            w = torch.randn(n, self.basis.shape[1], generator=generator) @ self.basis.T
         xs = torch.randn(n, self.support, self.dim, generator=generator)
         xq = torch.randn(n, self.query, self.dim, generator=generator)
         want = torch.ones(n, self.support)

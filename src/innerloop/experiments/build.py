@@ -17,7 +17,7 @@ def build_family(cfg: Config) -> TaskFamily:
     if t.name == "sine":
         return Sine(t.k_shot, t.query, t.form)
     if t.name == "linear":
-        return LinearBinary(t.dim, t.support, t.query)
+        return LinearBinary(t.dim, t.support, t.query, t.subspace, t.subspace_seed)
     raise ConfigError(f"unknown task family {t.name!r}")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from innerloop.experiments.config import ConfigError, load
 from innerloop.experiments.train import RunInterrupted, evaluate_run, train
+from innerloop.rules import RULES
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -103,8 +104,13 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="meta-train a run from a config file, then test it",
+                       usage="innerloop train [-h] [--out OUT] [--resume] [--no-progress] config "
+                       "[section.key=value ...]",
                        description="Meta-train from CONFIG (TOML or JSON) plus overrides; validate, "
-                       "checkpoint and finally test on fixed tasks.")
+                       "checkpoint and finally test on fixed tasks.",
+                       epilog="Overrides are section.key=value with TOML values, e.g. rule.name=meta_sgd "
+                       "model.hidden=[80,80,80] train.iterations=5000. Sections: task, model, rule, "
+                       "algorithm, train, eval. Rules: " + ", ".join(sorted(RULES)) + ".")
     t.add_argument("config", help="config file (.toml or .json)")
     t.add_argument("--out", help="run directory (default: runs/<name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")

@@ -39,6 +39,8 @@ class LinearConfig(Strict):
     dim: PositiveInt = 100
     support: PositiveInt = 10
     query: PositiveInt = 100
+    subspace: PositiveInt | None = None  # our variant: w in a fixed random r-dim subspace
+    subspace_seed: int = 0
 
 
 TaskConfig = Annotated[Union[SineConfig, LinearConfig], Field(discriminator="name")]  # noqa: UP007

@@ -213,8 +213,9 @@ def train(
     return evaluate_run(out)
 
 
-def load_run(run_dir: str | Path, which: str = "best") -> tuple[Config, TaskFamily, MetaAlgorithm, str]:
-    """Rebuild a run from its directory and load ``best.pt`` (or ``last.pt``)."""
+def load_run(run_dir: str | Path, which: str = "best") -> tuple[Config, TaskFamily, MetaAlgorithm, str, int]:
+    """Rebuild a run from its directory and load ``best.pt`` (or ``last.pt`` where there is no
+    best yet); return the config, task family, algorithm, execution path and checkpoint iteration."""
     out = Path(run_dir)
     if not (out / "config.json").is_file():
         raise ConfigError(f"{out} is not a run directory (no config.json)")
@@ -228,7 +229,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[Config, TaskFami
     state = ckpt.load_torch(f, map_location=next(algo.parameters()).device)
     algo.load_state_dict(state["algorithm"])
     path = state.get("path") or choose_path(algo, cfg.train.execution, next(algo.parameters()).device)
-    return cfg, family, algo, path
+    return cfg, family, algo, path, state["iteration"]
 
 
 def evaluate_run(
@@ -241,15 +242,14 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Test on ``eval.tasks`` tasks fixed by ``eval.seed``, from the best-validation weights."""
     out = Path(run_dir)
-    cfg, family, algo, path = load_run(out, which)
+    cfg, family, algo, path, iteration = load_run(out, which)
     n = tasks or cfg.eval.tasks
     test_tasks = family.fixed_tasks(n, cfg.eval.seed)
     res = summarize(evaluate_tasks(algo, test_tasks, path=path, batch=cfg.eval.batch, steps=steps), family)
-    state = ckpt.load_torch(out / f"{which}.pt") if (out / f"{which}.pt").exists() else {}
     res.update(
         name=cfg.name,
         checkpoint=which,
-        iteration=state.get("iteration"),
+        iteration=iteration,
         inner_steps=steps or algo.eval_inner_steps,
         path=path,
     )
