@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed meta-steps (default: 20 sine, 3 conv)")
     p.add_argument("--meta-batch", type=int, default=None)
     p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--markdown", help="also write the tables to this Markdown file")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     a = p.parse_args(argv)
     if a.case:
@@ -128,4 +129,32 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write(markdown(rows, argv if argv is not None else sys.argv[1:]))
     return 0
+
+
+def markdown(rows: list[dict], argv: list[str]) -> str:
+    """The measured rows as Markdown tables, one per workload, with the command that made them."""
+    import platform
+
+    cmd = " ".join(["python -m innerloop.bench", *argv])
+    out = [
+        "## Meta-step benchmark",
+        "",
+        f"Written by `{cmd}` — torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}. Median of timed "
+        "meta-steps after one warm-up step (forward, meta-gradient and Adam step); peak RSS of the "
+        "process that ran the case.",
+        "",
+    ]
+    for w in dict.fromkeys(r["workload"] for r in rows):
+        out += [f"**{w}** ({WORKLOADS[w]}, rule {rows[0]['rule']})", "",
+                "| path | order | s / meta-step | tasks / s | peak RSS (MB) |", "|---|---|---|---|---|"]
+        for r in rows:
+            if r["workload"] == w:
+                out.append(f"| {r['path']} | {r['order']} | {r['median_s']:.4f} | {r['tasks_per_s']:.1f} | "
+                           f"{r['peak_rss_mb']:.0f} |")
+        out.append("")
+    return "\n".join(out)
