@@ -6,6 +6,7 @@ import torch
 
 from innerloop.algorithms import ALGORITHMS
 from innerloop.data import LinearBinary, Sine
+from innerloop.geometry import GEOMETRIES
 from innerloop.models import MLP, LinNet
 from innerloop.rules import RULES, BuildContext
 from innerloop.types import Task
@@ -18,7 +19,8 @@ def as64(task: Task) -> Task:
 
 
 def make(rule_name: str = "sgd", algo_name: str = "maml", family: str = "sine", *, steps: int = 2,
-         lr: float = 0.05, seed: int = 0, rule_kwargs: dict | None = None, hidden=(8, 8)):
+         lr: float = 0.05, seed: int = 0, rule_kwargs: dict | None = None, hidden=(8, 8),
+         geometry_name: str | None = None, geometry_kwargs: dict | None = None):
     """A small float64 meta-learner and one meta-batch of 3 tasks."""
     torch.manual_seed(seed)
     if family == "sine":
@@ -32,8 +34,13 @@ def make(rule_name: str = "sgd", algo_name: str = "maml", family: str = "sine", 
     names = cls.adapted_names(model)
     params = dict(model.named_parameters())
     cfg = RULES[rule_name].config(lr=lr, **(rule_kwargs or {}))
-    rule = RULES[rule_name].build(cfg, BuildContext({n: params[n].shape for n in names}, steps, DT))
-    algo = cls(model, rule, loss_fn=fam.loss, metric_fn=fam.metric, inner_steps=steps).to(DT)
+    ctx = BuildContext({n: params[n].shape for n in names}, steps, DT, learned_init=cls.learns_init)
+    rule = RULES[rule_name].build(cfg, ctx)
+    geometry = None
+    if geometry_name is not None:
+        gspec = GEOMETRIES[geometry_name]
+        geometry = gspec.build(gspec.config(**(geometry_kwargs or {})), ctx)
+    algo = cls(model, rule, loss_fn=fam.loss, metric_fn=fam.metric, inner_steps=steps, geometry=geometry).to(DT)
     batch = as64(fam.sample(3, torch.Generator().manual_seed(seed + 1)))
     return algo, batch
 

@@ -23,7 +23,10 @@ def adapt(algo, task, steps, vg=autograd_value_and_grad):
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("algo_name", ["maml", "anil"])
 def test_initial_settings_reproduce_plain_sgd(name, algo_name):
-    algo, batch = make(name, algo_name, steps=3, lr=0.05)
+    settings = RULES[name].sgd_equivalent
+    if settings is None:
+        pytest.skip(f"{name} never equals plain SGD by construction; its own tests pin its step")
+    algo, batch = make(name, algo_name, steps=3, lr=0.05, rule_kwargs=settings)
     task = batch.index(0)
     got = adapt(algo, task, 3)
     algo.rule = SGD(0.05)
@@ -88,6 +91,11 @@ def test_state_structure_is_stable_across_steps(name):
         leaves, spec = tree_flatten(state)
         assert spec == spec0[1]
         assert [t.shape for t in leaves] == [t.shape for t in spec0[0]]
+
+
+def test_sgd_equivalence_is_declared_for_the_rules_that_have_it():
+    must = {"sgd", "meta_sgd", "lslr", "meta_curvature", "klin", "alfa"}
+    assert all(RULES[n].sgd_equivalent is not None for n in must & set(RULES))
 
 
 def test_every_rule_has_a_config_with_lr():

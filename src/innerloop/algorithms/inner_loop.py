@@ -64,19 +64,23 @@ def inner_loop(
     With ``first_order`` the support gradients are cut from the graph (FOMAML); the path from the
     rule's meta-parameters to the adapted weights is kept either way.
     """
-    gstate = geometry.init(params)
     rstate = rule.init(params)
+
+    def support_loss(p_: Params) -> tuple[Tensor, Tensor]:
+        out = forward(p_, x)
+        return loss_fn(out, y), out
+
+    if rule.adjusts_init:
+        grads, _, _ = value_and_grad(support_loss, params, not first_order)
+        params = rule.adjust_init(params, grads, rstate)
+    gstate = geometry.init(params)
     losses: list[Tensor] = []
     traces: list[dict[str, Tensor]] = []
     for step in range(steps):
         p = geometry.params(gstate)
-
-        def support_loss(p_: Params) -> tuple[Tensor, Tensor]:
-            out = forward(p_, x)
-            return loss_fn(out, y), out
-
         grads, loss, out = value_and_grad(support_loss, p, not first_order)
-        updates, rstate = rule(grads, rstate, p, step=step, loss=loss, logits=out, targets=y)
+        updates, rstate = rule(grads, rstate, p, step=step, loss=loss, logits=out, targets=y,
+                               first_order=first_order)
         gstate = geometry.step(gstate, updates)
         losses.append(loss.detach())
         traces.append({k: v.detach() for k, v in rule.report(rstate).items()})

@@ -8,6 +8,7 @@ from torch import nn
 from innerloop.algorithms import ALGORITHMS, MetaAlgorithm
 from innerloop.data import LinearBinary, Sine, TaskFamily
 from innerloop.experiments.config import Config, ConfigError
+from innerloop.geometry import build_geometry
 from innerloop.models import MLP, LinNet, LogisticRegression
 from innerloop.rules import BuildContext, build_rule
 
@@ -60,7 +61,9 @@ def build(cfg: Config, family: TaskFamily | None = None) -> tuple[TaskFamily, Me
     params = dict(model.named_parameters())
     steps = max(a.inner_steps, a.eval_inner_steps or a.inner_steps)
     dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
-    rule = build_rule(cfg.rule, BuildContext({n: params[n].shape for n in names}, steps, dtype))
+    ctx = BuildContext({n: params[n].shape for n in names}, steps, dtype, learned_init=algo_cls.learns_init)
+    rule = build_rule(cfg.rule, ctx)
+    geometry = build_geometry(cfg.geometry, ctx)
     algo = algo_cls(
         model,
         rule,
@@ -69,6 +72,7 @@ def build(cfg: Config, family: TaskFamily | None = None) -> tuple[TaskFamily, Me
         inner_steps=a.inner_steps,
         eval_inner_steps=a.eval_inner_steps,
         first_order=a.first_order,
+        geometry=geometry,
     )
     return family, algo.to(device=resolve_device(cfg.train.device), dtype=dtype)
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
 
+from innerloop.geometry import GEOMETRIES
 from innerloop.rules import RULES
 
 
@@ -66,6 +67,9 @@ ModelConfig = Annotated[Union[MLPConfig, LogRegConfig, LinNetConfig], Field(disc
 
 # ---- rules: one config class per registered rule -----------------------------------------------
 RuleConfigUnion = Annotated[Union[tuple(s.config for s in RULES.values())], Field(discriminator="name")]  # noqa: UP007
+GeometryConfigUnion = Annotated[  # noqa: UP007
+    Union[tuple(s.config for s in GEOMETRIES.values())], Field(discriminator="name")  # noqa: UP007
+]
 
 
 class AlgorithmConfig(Strict):
@@ -102,6 +106,7 @@ class Config(Strict):
     task: TaskConfig = Field(default_factory=SineConfig)
     model: ModelConfig = Field(default_factory=MLPConfig)
     rule: RuleConfigUnion = Field(default_factory=lambda: RULES["sgd"].config())
+    geometry: GeometryConfigUnion = Field(default_factory=lambda: GEOMETRIES["euclidean"].config())
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -28,12 +28,25 @@ class UpdateRule(nn.Module):
 
     Subclasses implement :meth:`update`; stateful rules also override :meth:`init`.
     ``update`` receives keyword extras from the inner loop (``step``, ``loss``, ``logits``,
-    ``targets``) and must accept and ignore those it does not need (``**extra``).
+    ``targets``, ``first_order``) and must accept and ignore those it does not need (``**extra``).
+    ``grads`` are already detached when ``first_order`` is true; a rule that takes further inner
+    gradients itself (KFO adapting its transform) detaches them too in that case.
+
+    Everything in ``update`` must work under ``torch.func.vmap``: no ``.item()``, no Python
+    branching on tensor values (use ``torch.where``), no in-place changes of inputs.
     """
 
     def init(self, params: Params) -> State:
         """Initial inner state for a task (default: stateless)."""
         return ()
+
+    #: set to True by rules that change θ0 per task before the first step (e.g. ALFA's L2F);
+    #: the inner loop then computes the support gradient at θ0 and calls :meth:`adjust_init`
+    adjusts_init: bool = False
+
+    def adjust_init(self, params: Params, grads: Params, state: State) -> Params:
+        """Per-task change of the initial parameters, given the support gradient at θ0."""
+        return params
 
     def update(
         self, grads: Params, state: State, params: Params, *, step: int, **extra: Any
@@ -97,6 +110,7 @@ class BuildContext:
     shapes: dict[str, torch.Size]  # the inner-adapted tensors, by parameter name
     num_steps: int  # the largest number of inner steps it will be asked to take (train or eval)
     dtype: torch.dtype = torch.float32  # dtype of the meta-parameters (that of the model)
+    learned_init: bool = True  # False under the random-init algorithm (θ0 is not meta-learned)
 
 
 @dataclass(frozen=True)
@@ -104,18 +118,24 @@ class RuleSpec:
     name: str
     config: type[RuleConfig]
     build: Callable[[Any, BuildContext], UpdateRule]
+    #: config overrides under which the freshly built rule equals plain SGD with the config's ``lr``
+    #: (checked by the conformance suite); ``None`` for a rule that never does (say why in its tests)
+    sgd_equivalent: dict[str, Any] | None = None
 
 
 RULES: dict[str, RuleSpec] = {}
 
 
-def register_rule(name: str, config: type[RuleConfig]):
-    """Decorator: register ``build(cfg, ctx) -> UpdateRule`` under ``name``."""
+def register_rule(name: str, config: type[RuleConfig], *, sgd_equivalent: dict[str, Any] | None = None):
+    """Decorator: register ``build(cfg, ctx) -> UpdateRule`` under ``name``.
+
+    ``sgd_equivalent``: config overrides that make the rule at initialisation equal plain SGD
+    (``{}`` when its defaults already do; omit for a rule that cannot)."""
 
     def deco(build):
         if name in RULES:
             raise ValueError(f"rule {name!r} registered twice")
-        RULES[name] = RuleSpec(name, config, build)
+        RULES[name] = RuleSpec(name, config, build, sgd_equivalent)
         return build
 
     return deco

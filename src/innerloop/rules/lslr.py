@@ -36,6 +36,6 @@ class LSLRConfig(RuleConfig):
     lr: PositiveFloat = 0.01
 
 
-@register_rule("lslr", LSLRConfig)
+@register_rule("lslr", LSLRConfig, sgd_equivalent={})
 def _build(cfg: LSLRConfig, ctx: BuildContext) -> LSLR:
     return LSLR(ctx.shapes, ctx.num_steps, cfg.lr, ctx.dtype)

@@ -30,6 +30,6 @@ class MetaSGDConfig(RuleConfig):
     lr: PositiveFloat = 0.01
 
 
-@register_rule("meta_sgd", MetaSGDConfig)
+@register_rule("meta_sgd", MetaSGDConfig, sgd_equivalent={})
 def _build(cfg: MetaSGDConfig, ctx: BuildContext) -> MetaSGD:
     return MetaSGD(ctx.shapes, cfg.lr, ctx.dtype)

@@ -25,6 +25,6 @@ class SGDConfig(RuleConfig):
     lr: PositiveFloat = 0.01
 
 
-@register_rule("sgd", SGDConfig)
+@register_rule("sgd", SGDConfig, sgd_equivalent={})
 def _build(cfg: SGDConfig, ctx: BuildContext) -> SGD:
     return SGD(cfg.lr)

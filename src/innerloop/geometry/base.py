@@ -7,10 +7,13 @@ implements the same three methods, so the inner loop and the algorithms need no 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from innerloop.rules.base import BuildContext
 from innerloop.types import Params
 
 
@@ -39,3 +42,44 @@ class Euclidean(Geometry):
 
     def step(self, state: Params, updates: Params) -> Params:
         return {k: v + updates[k] for k, v in state.items()}
+
+
+class GeometryConfig(BaseModel):
+    """Base of every geometry's config (unknown keys are rejected)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class GeometrySpec:
+    name: str
+    config: type[GeometryConfig]
+    build: Any  # (cfg, BuildContext) -> Geometry
+
+
+GEOMETRIES: dict[str, GeometrySpec] = {}
+
+
+def register_geometry(name: str, config: type[GeometryConfig]):
+    """Decorator: register ``build(cfg, ctx) -> Geometry`` under ``name``."""
+
+    def deco(build):
+        if name in GEOMETRIES:
+            raise ValueError(f"geometry {name!r} registered twice")
+        GEOMETRIES[name] = GeometrySpec(name, config, build)
+        return build
+
+    return deco
+
+
+def build_geometry(cfg: GeometryConfig, ctx: BuildContext) -> Geometry:
+    return GEOMETRIES[cfg.name].build(cfg, ctx)  # type: ignore[attr-defined]
+
+
+class EuclideanConfig(GeometryConfig):
+    name: Literal["euclidean"] = "euclidean"
+
+
+@register_geometry("euclidean", EuclideanConfig)
+def _build_euclidean(cfg: EuclideanConfig, ctx: BuildContext) -> Euclidean:
+    return Euclidean()

@@ -1,0 +1,12 @@
+"""Geometry steps (Euclidean; mirror descent). Importing this package registers every geometry."""
+
+from innerloop.geometry.base import (
+    GEOMETRIES,
+    Euclidean,
+    Geometry,
+    GeometryConfig,
+    build_geometry,
+    register_geometry,
+)
+
+__all__ = ["GEOMETRIES", "Euclidean", "Geometry", "GeometryConfig", "build_geometry", "register_geometry"]
