@@ -33,7 +33,8 @@ def make(rule_name: str = "sgd", algo_name: str = "maml", family: str = "sine", 
     cls = ALGORITHMS[algo_name]
     names = cls.adapted_names(model)
     params = dict(model.named_parameters())
-    cfg = RULES[rule_name].config(lr=lr, **(rule_kwargs or {}))
+    spec = RULES[rule_name]
+    cfg = spec.config(**({"lr": lr} if "lr" in spec.config.model_fields else {}), **(rule_kwargs or {}))
     ctx = BuildContext({n: params[n].shape for n in names}, steps, DT, learned_init=cls.learns_init)
     rule = RULES[rule_name].build(cfg, ctx)
     geometry = None
