@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from helpers import make
 
+from helpers import make
 from innerloop.algorithms import ALGORITHMS
 from innerloop.rules import RULES
 

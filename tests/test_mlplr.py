@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DT, make
 
+from helpers import DT, make
 from innerloop import SGD
 from innerloop.algorithms import autograd_value_and_grad
 from innerloop.rules.mlplr import MLPLR, information_loss

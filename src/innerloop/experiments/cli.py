@@ -59,6 +59,16 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ConfigError(f"reproduce takes no config overrides (got {' '.join(overrides)}); edit the table")
+    from innerloop.experiments.reproduce import markdown, reproduce
+
+    report = reproduce(args.table, scale=args.scale, out_root=args.out, jobs=args.jobs, only=args.rows)
+    print(markdown(report))
+    return 0
+
+
 DEMO_RUNS = {
     "sine-maml": ["rule.name=sgd"],
     "sine-meta_sgd": ["rule.name=meta_sgd"],
@@ -125,6 +135,16 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", choices=["best", "last"], default="best")
     e.add_argument("--no-write", action="store_true", help="do not write test.json")
     e.set_defaults(fn=cmd_eval)
+
+    r = sub.add_parser("reproduce", help="run every row of a table file and write a results report",
+                       description="Run the rows of TABLE (skipping finished ones, resuming interrupted "
+                       "ones) and write results/<table>.json and results/<table>.md.")
+    r.add_argument("table", help="table file (TOML), e.g. configs/tables/alfa_table8.toml")
+    r.add_argument("--scale", default="cpu", help="which scale's overrides to apply (default cpu)")
+    r.add_argument("--out", default="results", help="results root (default results/)")
+    r.add_argument("--jobs", type=int, default=1, help="rows trained at once (each with 1 thread when > 1)")
+    r.add_argument("--rows", nargs="+", help="only these row names")
+    r.set_defaults(fn=cmd_reproduce)
 
     d = sub.add_parser("demo", help="train MAML and Meta-SGD on sine regression and print test MSE",
                        description="The embedded default: MAML and Meta-SGD on sine (1-40-40-1, K=5).")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ def train(
     gen = torch.Generator().manual_seed(tc.seed)
     val_tasks = family.fixed_tasks(tc.val_tasks, tc.val_seed)
     sign = 1.0 if family.higher_is_better else -1.0
-    start, best_score, best_it = 0, -math.inf, -1
+    start, best_score, best_it, seconds_before = 0, -math.inf, -1, 0.0
 
     if resume:
         state = ckpt.load_torch(last, map_location=device)
@@ -151,6 +152,7 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         start, best_score, best_it = state["iteration"], state["best_score"], state["best_iteration"]
         path = state["path"]
+        seconds_before = state.get("train_seconds", 0.0)
         log(event="resume", iteration=start)
     else:
         log(event="start", path=path, meta_parameters=sum(p.numel() for p in params))
@@ -166,14 +168,15 @@ def train(
                 "best_score": best_score,
                 "best_iteration": best_it,
                 "path": path,
+                "train_seconds": seconds_before + time.perf_counter() - t0,
             },
             last,
         )
 
+    t0 = time.perf_counter()
     bar = tqdm(total=tc.iterations, initial=start, disable=not progress, desc=cfg.name, dynamic_ncols=True)
     postfix: dict[str, str] = {}
     it = start
-    t0 = time.perf_counter()
     try:
         while it < tc.iterations:
             batch = family.sample(tc.meta_batch, gen)
@@ -210,7 +213,10 @@ def train(
         bar.close()
     if not last.exists():  # zero iterations
         save_last(it)
-    return evaluate_run(out)
+    return evaluate_run(out, extra={
+        "train_seconds": seconds_before + time.perf_counter() - t0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    })
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> tuple[Config, TaskFamily, MetaAlgorithm, str, int]:
@@ -239,6 +245,7 @@ def evaluate_run(
     steps: int | None = None,
     which: str = "best",
     write: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Test on ``eval.tasks`` tasks fixed by ``eval.seed``, from the best-validation weights."""
     out = Path(run_dir)
@@ -252,6 +259,7 @@ def evaluate_run(
         iteration=iteration,
         inner_steps=steps or algo.eval_inner_steps,
         path=path,
+        **(extra or {}),
     )
     if write:
         ckpt.save_json(res, out / "test.json")
