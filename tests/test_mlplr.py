@@ -78,3 +78,15 @@ def test_trace_reports_lambda_and_branch_share():
 def test_lr_min_above_lr_max_is_rejected():
     with pytest.raises(ValueError, match="lr_min"):
         MLPLR(0.1, 0.2)
+
+
+def test_gradcheck_through_lambda_on_the_loss_dependent_branch():
+    """With λ kept in the graph and lr_max above the support loss, λ = lr_max − L_KD varies with θ0."""
+    from torch.func import functional_call
+
+    algo, batch = make("mlplr", "maml", "linear", steps=2, rule_kwargs={"lr_max": 50.0, "detach": False})
+    assert algo.evaluate(batch).trace["lr_min_branch"].sum() == 0
+    names = [n for n, _ in algo.named_parameters()]
+    tensors = [p.detach().clone().requires_grad_() for _, p in algo.named_parameters()]
+    f = lambda *ts: functional_call(algo, dict(zip(names, ts, strict=True)), (batch,)).mean()
+    assert torch.autograd.gradcheck(f, tensors, eps=1e-6, atol=1e-6, rtol=1e-5)

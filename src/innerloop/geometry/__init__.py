@@ -1,5 +1,6 @@
 """Geometry steps (Euclidean; mirror descent). Importing this package registers every geometry."""
 
+from innerloop.geometry import mirror  # noqa: F401  (registration side effect)
 from innerloop.geometry.base import (
     GEOMETRIES,
     Euclidean,

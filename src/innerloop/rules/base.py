@@ -121,21 +121,26 @@ class RuleSpec:
     #: config overrides under which the freshly built rule equals plain SGD with the config's ``lr``
     #: (checked by the conformance suite); ``None`` for a rule that never does (say why in its tests)
     sgd_equivalent: dict[str, Any] | None = None
+    #: config overrides under which the meta-gradient is the exact derivative of the meta-loss
+    #: (a rule whose defaults detach part of the graph on purpose names how to keep it)
+    exact_gradient: dict[str, Any] | None = None
 
 
 RULES: dict[str, RuleSpec] = {}
 
 
-def register_rule(name: str, config: type[RuleConfig], *, sgd_equivalent: dict[str, Any] | None = None):
+def register_rule(name: str, config: type[RuleConfig], *, sgd_equivalent: dict[str, Any] | None = None,
+                  exact_gradient: dict[str, Any] | None = None):
     """Decorator: register ``build(cfg, ctx) -> UpdateRule`` under ``name``.
 
     ``sgd_equivalent``: config overrides that make the rule at initialisation equal plain SGD
-    (``{}`` when its defaults already do; omit for a rule that cannot)."""
+    (``{}`` when its defaults already do; omit for a rule that cannot). ``exact_gradient``:
+    overrides that keep every path in the graph (used by the finite-difference check)."""
 
     def deco(build):
         if name in RULES:
             raise ValueError(f"rule {name!r} registered twice")
-        RULES[name] = RuleSpec(name, config, build, sgd_equivalent)
+        RULES[name] = RuleSpec(name, config, build, sgd_equivalent, exact_gradient)
         return build
 
     return deco

@@ -96,6 +96,7 @@ class MLPLRConfig(RuleConfig):
     kl_eps: PositiveFloat = 0.1
 
 
-@register_rule("mlplr", MLPLRConfig)  # never plain SGD: λ depends on the support loss
+# never plain SGD: λ depends on the support loss
+@register_rule("mlplr", MLPLRConfig, exact_gradient={"detach": False})
 def _build(cfg: MLPLRConfig, ctx: BuildContext) -> MLPLR:
     return MLPLR(cfg.lr_max, cfg.lr_min, detach=cfg.detach, kl_mode=cfg.kl_mode, kl_eps=cfg.kl_eps)
