@@ -14,7 +14,8 @@ A table file (TOML) names a base config, per-scale overrides and rows::
     paper = 1.24                            # the paper's figure (optional)
 
 Each row trains in its own process (``python -m innerloop train``), so its wall-clock and peak
-memory are its own. Finished rows (``test.json`` present) are skipped; interrupted ones resume.
+memory are its own; a row may name its own ``base``. Finished rows (``test.json`` present) are
+skipped; interrupted ones resume.
 Results go to ``results/<table>/<row>/`` (run directories), ``results/<table>.json`` and
 ``results/<table>.md``.
 """
@@ -40,6 +41,7 @@ class Row(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     label: str = ""
+    base: str | None = None  # another base config for this row (relative to the table file)
     overrides: list[str] = []
     paper: float | None = None
 
@@ -74,7 +76,7 @@ def run_row(table_path: Path, table: Table, row: Row, scale: str, out: Path, thr
         res = json.loads((run_dir / "test.json").read_text())
         res["skipped"] = True
         return res
-    base = (table_path.parent / table.base).resolve()
+    base = (table_path.parent / (row.base or table.base)).resolve()
     cmd = [sys.executable, "-m", "innerloop", "train", str(base), "--out", str(run_dir), "--no-progress",
            *_row_overrides(table, row, scale)]
     if (run_dir / "last.pt").exists():
@@ -97,9 +99,8 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
         raise ConfigError(f"{table_path} has no scale {scale!r} (it has: {', '.join(table.scale)})")
     rows = [r for r in table.row if not only or r.name in only]
     # validate every row's config before running anything
-    base = (table_path.parent / table.base).resolve()
     for r in rows:
-        load(base, _row_overrides(table, r, scale))
+        load((table_path.parent / (r.base or table.base)).resolve(), _row_overrides(table, r, scale))
     name = table_path.stem
     out = Path(out_root) / name
     threads = 1 if jobs > 1 else None
@@ -121,15 +122,19 @@ def markdown(report: dict[str, Any]) -> str:
              f"from `{report['table']}`.", ""]
     if report["notes"]:
         lines += [report["notes"].strip(), ""]
-    lines += ["| row | ours (mean ± 95% CI) | paper | tasks | train time | peak RSS |", "|---|---|---|---|---|---|"]
+    lines += ["| row | ours (mean ± 95% CI) | paper | best val | tasks | iterations | ms / iteration | train time "
+              "| peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         if r.get("failed"):
-            lines.append(f"| {r['label']} | failed (see `{r['log']}`) | {r['paper'] or ''} | | | |")
+            lines.append(f"| {r['label']} | failed (see `{r['log']}`) | {r['paper'] or ''} | | | | | | |")
             continue
         secs = r.get("train_seconds")
         t = f"{secs / 60:.1f} min" if secs is not None else ""
         mem = f"{r['peak_rss_mb']:.0f} MB" if r.get("peak_rss_mb") is not None else ""
         paper = "" if r["paper"] is None else f"{r['paper']:g}"
-        lines.append(f"| {r['label']} | {r['mean']:.4f} ± {r['ci95']:.4f} ({r['metric']}) | {paper} | "
-                     f"{r['tasks']} | {t} | {mem} |")
+        val = "" if r.get("val") is None else f"{r['val']:.4f}"
+        its = r.get("iterations")
+        per = f"{secs / its * 1000:.1f}" if secs and its else ""
+        lines.append(f"| {r['label']} | {r['mean']:.4f} ± {r['ci95']:.4f} ({r['metric']}) | {paper} | {val} | "
+                     f"{r['tasks']} | {its if its is not None else ''} | {per} | {t} | {mem} |")
     return "\n".join(lines) + "\n"

@@ -214,14 +214,17 @@ def train(
     if not last.exists():  # zero iterations
         save_last(it)
     return evaluate_run(out, extra={
+        "iterations": it,
         "train_seconds": seconds_before + time.perf_counter() - t0,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     })
 
 
-def load_run(run_dir: str | Path, which: str = "best") -> tuple[Config, TaskFamily, MetaAlgorithm, str, int]:
+def load_run(run_dir: str | Path, which: str = "best"
+             ) -> tuple[Config, TaskFamily, MetaAlgorithm, str, int, float | None]:
     """Rebuild a run from its directory and load ``best.pt`` (or ``last.pt`` where there is no
-    best yet); return the config, task family, algorithm, execution path and checkpoint iteration."""
+    best yet); return the config, task family, algorithm, execution path, checkpoint iteration and
+    the checkpoint's validation score (``None`` for ``last.pt``)."""
     out = Path(run_dir)
     if not (out / "config.json").is_file():
         raise ConfigError(f"{out} is not a run directory (no config.json)")
@@ -235,7 +238,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[Config, TaskFami
     state = ckpt.load_torch(f, map_location=next(algo.parameters()).device)
     algo.load_state_dict(state["algorithm"])
     path = state.get("path") or choose_path(algo, cfg.train.execution, next(algo.parameters()).device)
-    return cfg, family, algo, path, state["iteration"]
+    return cfg, family, algo, path, state["iteration"], state.get("val", {}).get("mean")
 
 
 def evaluate_run(
@@ -249,7 +252,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Test on ``eval.tasks`` tasks fixed by ``eval.seed``, from the best-validation weights."""
     out = Path(run_dir)
-    cfg, family, algo, path, iteration = load_run(out, which)
+    cfg, family, algo, path, iteration, val = load_run(out, which)
     n = tasks or cfg.eval.tasks
     test_tasks = family.fixed_tasks(n, cfg.eval.seed)
     res = summarize(evaluate_tasks(algo, test_tasks, path=path, batch=cfg.eval.batch, steps=steps), family)
@@ -257,6 +260,7 @@ def evaluate_run(
         name=cfg.name,
         checkpoint=which,
         iteration=iteration,
+        val=val,
         inner_steps=steps or algo.eval_inner_steps,
         path=path,
         **(extra or {}),
