@@ -162,3 +162,14 @@ def test_auto_path_follows_the_measurements():
     assert choose_path(mk(MLP(1, [4], 1)), "auto", cpu) == "vmap"
     assert choose_path(mk(Conv4((1, 8, 8), 2, channels=2, depth=1)), "auto", cpu) == "loop"
     assert choose_path(mk(Conv4((1, 8, 8), 2, channels=2, depth=1)), "vmap", cpu) == "vmap"
+
+
+def test_divergence_is_one_line_and_clipping_is_applied(tmp_path):
+    (tmp_path / "empty.toml").write_text("")
+    r = subprocess.run([sys.executable, "-m", "innerloop", "train", str(tmp_path / "empty.toml"), "--out",
+                        str(tmp_path / "r"), "--no-progress", *TINY, "train.iterations=50", "train.optimizer=sgd",
+                        "train.meta_lr=1e6"], capture_output=True, text=True)
+    assert r.returncode == 1 and "diverged" in r.stderr and "Traceback" not in r.stderr
+    cfg = load(None, [*TINY, "train.iterations=3", "train.optimizer=sgd", "train.meta_lr=1e6",
+                      "train.clip_grad_norm=1e-3"])
+    assert math.isfinite(train(cfg, tmp_path / "clipped", progress=False)["mean"])

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from innerloop.experiments.config import ConfigError, load
-from innerloop.experiments.train import RunInterrupted, evaluate_run, train
+from innerloop.experiments.train import RunInterrupted, TrainingDiverged, evaluate_run, train
 from innerloop.rules import RULES
 
 
@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileExistsError) as e:
         print(f"innerloop: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"innerloop: training diverged: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

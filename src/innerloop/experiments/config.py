@@ -84,6 +84,7 @@ class TrainConfig(Strict):
     meta_batch: PositiveInt = 25
     optimizer: Literal["adam", "sgd"] = "adam"
     meta_lr: PositiveFloat = 1e-3
+    clip_grad_norm: PositiveFloat | None = None  # clip the meta-gradient's global norm (off by default)
     val_every: PositiveInt = 1000
     val_tasks: PositiveInt = 100
     val_seed: int = 1

@@ -28,6 +28,10 @@ from innerloop.types import Task
 RESUMABLE_CHANGES = {"train.iterations"}
 
 
+class TrainingDiverged(RuntimeError):
+    """The meta-loss became NaN or infinite; ``last.pt`` still holds the last finite checkpoint."""
+
+
 class RunInterrupted(RuntimeError):
     """Training stopped early (Ctrl-C or ``stop_at``); ``last.pt`` holds the state to resume from."""
 
@@ -183,11 +187,15 @@ def train(
             batch = Task(*(_cast(t, device, dtype) for t in batch))
             algo.zero_grad(set_to_none=True)
             stats = algo.meta_backward(batch, path)
+            if not all(math.isfinite(v) for v in stats.values()):
+                raise TrainingDiverged(
+                    f"meta-loss is not finite at iteration {it + 1} ({stats}); lower train.meta_lr or the "
+                    f"rule's lr, or set train.clip_grad_norm (last checkpoint: {last})")
             if opt is not None:
+                if tc.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, tc.clip_grad_norm)
                 opt.step()
             it += 1
-            if not all(math.isfinite(v) for v in stats.values()):
-                raise FloatingPointError(f"meta-loss is not finite at iteration {it}: {stats}")
             if it % tc.log_every == 0 or it == tc.iterations:
                 log(iteration=it, loss=stats["loss"], metric=stats["metric"], seconds=time.perf_counter() - t0)
                 postfix["loss"] = f"{stats['loss']:.4g}"
