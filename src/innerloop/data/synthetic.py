@@ -28,6 +28,11 @@ class TaskFamily:
     def sample(self, n: int, generator: torch.Generator) -> Task:
         raise NotImplementedError
 
+    def for_split(self, split: str) -> TaskFamily:
+        """The family of ``split`` ("train", "val", "test"). Synthetic families have one task
+        distribution (splits differ by seed only); image families switch to that split's classes."""
+        return self
+
     def fixed_tasks(self, n: int, seed: int) -> Task:
         """``n`` tasks fixed by ``seed`` (validation and test sets)."""
         return self.sample(n, torch.Generator().manual_seed(seed))
@@ -139,10 +144,3 @@ class LinearBinary(TaskFamily):
     def metric(outputs: Tensor, targets: Tensor) -> Tensor:
         return ((outputs.squeeze(-1) > 0).to(targets.dtype) == targets).to(outputs.dtype).mean()
 
-
-def classification_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    return F.cross_entropy(outputs, targets)
-
-
-def classification_accuracy(outputs: Tensor, targets: Tensor) -> Tensor:
-    return (outputs.argmax(-1) == targets).to(outputs.dtype).mean()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 from torch import nn
 
 from innerloop.algorithms import ALGORITHMS, MetaAlgorithm
 from innerloop.data import LinearBinary, Sine, TaskFamily
+from innerloop.data.episodes import FewShotImages
+from innerloop.data.images.base import SplitData
 from innerloop.experiments.config import Config, ConfigError
 from innerloop.geometry import build_geometry
-from innerloop.models import MLP, LinNet, LogisticRegression
+from innerloop.models import MLP, Conv4, LinNet, LogisticRegression
 from innerloop.rules import BuildContext, build_rule
 
 
@@ -19,11 +23,56 @@ def build_family(cfg: Config) -> TaskFamily:
         return Sine(t.k_shot, t.query, t.form)
     if t.name == "linear":
         return LinearBinary(t.dim, t.support, t.query, t.subspace, t.subspace_seed)
+    if t.name == "images":
+        return build_images(t)
     raise ConfigError(f"unknown task family {t.name!r}")
+
+
+class _LazySplits(Mapping):
+    """Load a split the first time it is asked for (evaluation never reads the training split)."""
+
+    def __init__(self, loaders: dict[str, Callable[[], SplitData]]):
+        self.loaders, self.cache = loaders, {}
+
+    def __getitem__(self, split: str) -> SplitData:
+        if split not in self.cache:
+            self.cache[split] = self.loaders[split]()
+        return self.cache[split]
+
+    def __iter__(self):
+        return iter(self.loaders)
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+
+def build_images(t) -> FewShotImages:
+    from innerloop.data.images import DATASETS, load_split
+
+    for name in (t.dataset, t.test_dataset):
+        if name is not None and name not in DATASETS:
+            raise ConfigError(f"task.dataset: unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
+    opts = {"split_file": t.split_file} if t.split_file else {}
+    test_name, test_root = (t.test_dataset, t.test_root) if t.test_dataset else (t.dataset, t.root)
+    loaders = {
+        "train": lambda: load_split(t.dataset, t.root, "train", **opts),
+        "val": lambda: load_split(test_name, test_root, "val", **({} if t.test_dataset else opts)),
+        "test": lambda: load_split(test_name, test_root, "test", **({} if t.test_dataset else opts)),
+    }
+    rotate = DATASETS[t.dataset].rotate if t.rotate is None else t.rotate
+    return FewShotImages(_LazySplits(loaders), t.n_way, t.k_shot, t.query, rotate=rotate)
 
 
 def build_model(cfg: Config, family: TaskFamily) -> nn.Module:
     m = cfg.model
+    if m.name == "conv4":
+        if len(family.input_shape) != 3:
+            raise ConfigError(f"model conv4 needs image tasks (C, H, W inputs); task {cfg.task.name!r} gives "
+                              f"inputs of shape {family.input_shape}")
+        return Conv4(tuple(family.input_shape), family.output_dim, m.channels, m.depth, m.norm)
+    if len(family.input_shape) != 1:
+        raise ConfigError(f"model {m.name!r} takes vectors; task {cfg.task.name!r} gives inputs of shape "
+                          f"{family.input_shape} (use model.name = \"conv4\")")
     (in_dim,) = family.input_shape
     if m.name == "mlp":
         return MLP(in_dim, m.hidden, family.output_dim)

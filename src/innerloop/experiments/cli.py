@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from innerloop.errors import UserError
 from innerloop.experiments.config import ConfigError, load
 from innerloop.experiments.train import RunInterrupted, TrainingDiverged, evaluate_run, train
 from innerloop.rules import RULES
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     try:
         return args.fn(args, rest)
-    except (ConfigError, FileExistsError) as e:
+    except (UserError, FileExistsError) as e:
         print(f"innerloop: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:

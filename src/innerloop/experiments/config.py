@@ -15,11 +15,12 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
 
+from innerloop.errors import UserError
 from innerloop.geometry import GEOMETRIES
 from innerloop.rules import RULES
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A user error in a config file or override; the message is meant to be printed as is."""
 
 
@@ -44,7 +45,22 @@ class LinearConfig(Strict):
     subspace_seed: int = 0
 
 
-TaskConfig = Annotated[Union[SineConfig, LinearConfig], Field(discriminator="name")]  # noqa: UP007
+class ImagesConfig(Strict):
+    """N-way K-shot episodes from an image dataset read from ``root`` (never downloaded)."""
+
+    name: Literal["images"] = "images"
+    dataset: str = "glyphs"
+    root: str | None = None  # where the dataset lies (not needed for the embedded glyphs)
+    split_file: str | None = None  # class names per split, overriding the built-in split
+    test_dataset: str | None = None  # cross-domain: validate and test on another dataset
+    test_root: str | None = None
+    n_way: PositiveInt = 5
+    k_shot: PositiveInt = 1
+    query: PositiveInt = 15  # query images per class
+    rotate: bool | None = None  # one random 0/90/180/270° turn per class per task (None: dataset default)
+
+
+TaskConfig = Annotated[Union[SineConfig, LinearConfig, ImagesConfig], Field(discriminator="name")]  # noqa: UP007
 
 
 # ---- models ----------------------------------------------------------------------------------
@@ -63,7 +79,16 @@ class LinNetConfig(Strict):
     layers: PositiveInt = 3
 
 
-ModelConfig = Annotated[Union[MLPConfig, LogRegConfig, LinNetConfig], Field(discriminator="name")]  # noqa: UP007
+class Conv4Config(Strict):
+    """The 4-CONV backbone: ``depth`` blocks of 3×3 conv, norm, ReLU, 2×2 max-pool; a linear head."""
+
+    name: Literal["conv4"] = "conv4"
+    channels: PositiveInt = 64
+    depth: PositiveInt = 4
+    norm: Literal["batch", "group"] = "batch"
+
+
+ModelConfig = Annotated[Union[MLPConfig, LogRegConfig, LinNetConfig, Conv4Config], Field(discriminator="name")]  # noqa: UP007
 
 # ---- rules: one config class per registered rule -----------------------------------------------
 RuleConfigUnion = Annotated[Union[tuple(s.config for s in RULES.values())], Field(discriminator="name")]  # noqa: UP007

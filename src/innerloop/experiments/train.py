@@ -143,7 +143,7 @@ def train(
     opt_cls = torch.optim.Adam if tc.optimizer == "adam" else torch.optim.SGD
     opt = opt_cls(params, lr=tc.meta_lr) if params else None
     gen = torch.Generator().manual_seed(tc.seed)
-    val_tasks = family.fixed_tasks(tc.val_tasks, tc.val_seed)
+    val_tasks = family.for_split("val").fixed_tasks(tc.val_tasks, tc.val_seed)
     sign = 1.0 if family.higher_is_better else -1.0
     start, best_score, best_it, seconds_before = 0, -math.inf, -1, 0.0
 
@@ -262,7 +262,7 @@ def evaluate_run(
     out = Path(run_dir)
     cfg, family, algo, path, iteration, val = load_run(out, which)
     n = tasks or cfg.eval.tasks
-    test_tasks = family.fixed_tasks(n, cfg.eval.seed)
+    test_tasks = family.for_split("test").fixed_tasks(n, cfg.eval.seed)
     res = summarize(evaluate_tasks(algo, test_tasks, path=path, batch=cfg.eval.batch, steps=steps), family)
     res.update(
         name=cfg.name,
