@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from helpers import DT, grads_of
 from innerloop import MAML, MetaSGD
-from innerloop.models import MLP, Conv4, LinNet, LogisticRegression
+from innerloop.models import MLP, Conv4, LinNet, LogisticRegression, ResNet12
 from innerloop.types import Task
 
 
@@ -17,6 +17,22 @@ def test_conv4_shapes(shape, depth):
     m = Conv4(shape, 5, channels=8, depth=depth)
     assert m(torch.randn(3, *shape)).shape == (3, 5)
     assert not list(m.buffers())  # batch statistics only: nothing mutated inside vmap
+
+
+@pytest.mark.parametrize("pool,readout,shape,feat", [
+    ("stride", "mean", (1, 28, 28), 8), ("none", "mean", (3, 32, 32), 8), ("stride", "flatten", (1, 28, 28), 8 * 2 * 2),
+    ("max", "mean", (3, 84, 84), 8)])
+def test_conv4_variants(pool, readout, shape, feat):
+    m = Conv4(shape, 5, channels=8, pool=pool, readout=readout)
+    assert m.head.in_features == feat
+    assert m(torch.randn(2, *shape)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("shape", [(3, 84, 84), (3, 32, 32)])
+def test_resnet12_is_input_size_agnostic(shape):
+    m = ResNet12(shape, 5, widths=(4, 6, 8, 10))
+    assert m.head.in_features == 10 and m(torch.randn(2, *shape)).shape == (2, 5)
+    assert not list(m.buffers())
 
 
 def test_fc_models_have_body_and_head():
@@ -32,28 +48,32 @@ def _conv_task(n_way=3, shot=2, query=2, seed=0):
     return Task(mk(shot), lab(shot), mk(query), lab(query))
 
 
-def _conv_algo(norm="batch"):
+def _conv_algo(norm="batch", arch="conv4"):
     torch.manual_seed(0)
-    model = Conv4((1, 8, 8), 3, channels=3, depth=2, norm=norm).to(DT)
+    if arch == "resnet12":
+        model = ResNet12((1, 8, 8), 3, widths=(2, 3), norm=norm).to(DT)
+    else:
+        model = Conv4((1, 8, 8), 3, channels=3, depth=2, norm=norm, pool=arch.split("-")[1] if "-" in arch
+                      else "max").to(DT)
     acc = lambda o, y: (o.argmax(-1) == y).to(o.dtype).mean()
     rule = MetaSGD({n: p.shape for n, p in model.named_parameters()}, 0.3, DT)
     return MAML(model, rule, loss_fn=F.cross_entropy, metric_fn=acc, inner_steps=2)
 
 
-@pytest.mark.parametrize("norm", ["batch", "group"])
-def test_conv_norm_second_order_vmap_equals_loop_equals_finite_differences(norm):
+@pytest.mark.parametrize("norm,arch", [("batch", "conv4"), ("group", "conv4")])
+def test_conv_norm_second_order_vmap_equals_loop_equals_finite_differences(norm, arch):
     """Guards the torch 2.13 vmap bug in the second-order gradient through batch norm's affine
     parameters (the backbone applies the affine part outside the kernel)."""
     batch = _conv_task()
     grads = []
     for path in ("loop", "vmap"):
-        algo = _conv_algo(norm)
+        algo = _conv_algo(norm, arch)
         algo.meta_backward(batch, path)
         grads.append(grads_of(algo))
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-9, atol=1e-11, msg=k)
     # central finite differences of the meta-loss along the norm scale/shift and a conv weight
-    algo = _conv_algo(norm)
+    algo = _conv_algo(norm, arch)
     params = dict(algo.named_parameters())
     for name in ("model.body.0.norm.weight", "model.body.1.norm.bias", "model.body.1.conv.weight"):
         p = params[name]
@@ -67,3 +87,11 @@ def test_conv_norm_second_order_vmap_equals_loop_equals_finite_differences(norm)
             p.add_(eps * v)
         fd = (up - down) / (2 * eps)
         assert (grads[1][name] * v).sum().item() == pytest.approx(fd, rel=1e-5, abs=1e-8), name
+
+
+@pytest.mark.parametrize("arch", ["resnet12", "conv4-stride", "conv4-none"])
+def test_backbones_vmap_equals_loop_second_order(arch):
+    from helpers import assert_paths_agree
+
+    g = assert_paths_agree(lambda: (_conv_algo("batch", arch), _conv_task()))
+    assert all(v.abs().sum() > 0 for k, v in g.items() if k.startswith("model.head"))

@@ -13,7 +13,7 @@ from innerloop.data.episodes import FewShotImages
 from innerloop.data.images.base import SplitData
 from innerloop.experiments.config import Config, ConfigError
 from innerloop.geometry import build_geometry
-from innerloop.models import MLP, Conv4, LinNet, LogisticRegression
+from innerloop.models import MLP, Conv4, LinNet, LogisticRegression, ResNet12
 from innerloop.rules import BuildContext, build_rule
 
 
@@ -65,11 +65,13 @@ def build_images(t) -> FewShotImages:
 
 def build_model(cfg: Config, family: TaskFamily) -> nn.Module:
     m = cfg.model
-    if m.name == "conv4":
+    if m.name in ("conv4", "resnet12"):
         if len(family.input_shape) != 3:
-            raise ConfigError(f"model conv4 needs image tasks (C, H, W inputs); task {cfg.task.name!r} gives "
+            raise ConfigError(f"model {m.name} needs image tasks (C, H, W inputs); task {cfg.task.name!r} gives "
                               f"inputs of shape {family.input_shape}")
-        return Conv4(tuple(family.input_shape), family.output_dim, m.channels, m.depth, m.norm)
+        if m.name == "resnet12":
+            return ResNet12(tuple(family.input_shape), family.output_dim, m.widths, m.norm)
+        return Conv4(tuple(family.input_shape), family.output_dim, m.channels, m.depth, m.norm, m.pool, m.readout)
     if len(family.input_shape) != 1:
         raise ConfigError(f"model {m.name!r} takes vectors; task {cfg.task.name!r} gives inputs of shape "
                           f"{family.input_shape} (use model.name = \"conv4\")")

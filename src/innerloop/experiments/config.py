@@ -86,9 +86,19 @@ class Conv4Config(Strict):
     channels: PositiveInt = 64
     depth: PositiveInt = 4
     norm: Literal["batch", "group"] = "batch"
+    pool: Literal["max", "stride", "none"] = "max"  # stride: MAML's Omniglot net; none: KFO's CIFAR-FS net
+    readout: Literal["flatten", "mean"] = "flatten"  # mean: spatial mean, head independent of input size
 
 
-ModelConfig = Annotated[Union[MLPConfig, LogRegConfig, LinNetConfig, Conv4Config], Field(discriminator="name")]  # noqa: UP007
+class ResNet12Config(Strict):
+    name: Literal["resnet12"] = "resnet12"
+    widths: list[PositiveInt] = [64, 128, 256, 512]
+    norm: Literal["batch", "group"] = "batch"
+
+
+ModelConfig = Annotated[  # noqa: UP007
+    Union[MLPConfig, LogRegConfig, LinNetConfig, Conv4Config, ResNet12Config], Field(discriminator="name")  # noqa: UP007
+]
 
 # ---- rules: one config class per registered rule -----------------------------------------------
 RuleConfigUnion = Annotated[Union[tuple(s.config for s in RULES.values())], Field(discriminator="name")]  # noqa: UP007

@@ -2,5 +2,6 @@
 
 from innerloop.models.conv import BatchNorm2d, Conv4, GroupNorm
 from innerloop.models.mlp import MLP, LinNet, LogisticRegression
+from innerloop.models.resnet import ResNet12
 
-__all__ = ["MLP", "BatchNorm2d", "Conv4", "GroupNorm", "LinNet", "LogisticRegression"]
+__all__ = ["MLP", "BatchNorm2d", "Conv4", "GroupNorm", "LinNet", "LogisticRegression", "ResNet12"]

@@ -45,22 +45,49 @@ class GroupNorm(nn.Module):
         return x * self.weight[:, None, None] + self.bias[:, None, None]
 
 
-class ConvBlock(nn.Module):
-    """3×3 conv → norm → ReLU → 2×2 max-pool."""
+def make_norm(channels: int, norm: str) -> nn.Module:
+    if norm == "batch":
+        return BatchNorm2d(channels)
+    if norm == "group":
+        return GroupNorm(channels)
+    raise ValueError(f"unknown norm {norm!r}; expected 'batch' or 'group'")
 
-    def __init__(self, cin: int, cout: int, norm: str = "batch"):
+
+class ConvBlock(nn.Module):
+    """3×3 conv → norm → ReLU → downsampling.
+
+    ``pool``: ``"max"`` (2×2 max-pool, the usual 4-CONV), ``"stride"`` (the conv has stride 2 and
+    there is no pooling: MAML's Omniglot network), ``"none"`` (no downsampling: KFO's CIFAR-FS
+    network, followed by a spatial mean).
+    """
+
+    def __init__(self, cin: int, cout: int, norm: str = "batch", pool: str = "max"):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm = BatchNorm2d(cout) if norm == "batch" else GroupNorm(cout)
+        if pool not in ("max", "stride", "none"):
+            raise ValueError(f"unknown pool {pool!r}; expected 'max', 'stride' or 'none'")
+        self.pool = pool
+        self.conv = nn.Conv2d(cin, cout, 3, stride=2 if pool == "stride" else 1, padding=1)
+        self.norm = make_norm(cout, norm)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.max_pool2d(F.relu(self.norm(self.conv(x))), 2)
+        x = F.relu(self.norm(self.conv(x)))
+        return F.max_pool2d(x, 2) if self.pool == "max" else x
+
+
+class SpatialMean(nn.Module):
+    """``[B, C, H, W] → [B, C]``: makes the head independent of the input size."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(-2, -1))
 
 
 class Conv4(nn.Module):
-    """The 4-CONV few-shot backbone (``depth`` blocks of ``channels`` filters) and a linear head.
+    """The 4-CONV few-shot backbone (``depth`` blocks of ``channels`` filters; ``depth`` 1–3 is the
+    KFO paper's SCNN) and a linear head.
 
-    The head's input size is inferred from ``in_shape`` (C, H, W).
+    ``readout``: ``"flatten"`` (head input size inferred from ``in_shape`` (C, H, W)) or ``"mean"``
+    (spatial mean: the head sees ``channels`` features whatever the input size). ``pool`` as in
+    :class:`ConvBlock`.
     """
 
     def __init__(
@@ -70,14 +97,18 @@ class Conv4(nn.Module):
         channels: int = 64,
         depth: int = 4,
         norm: str = "batch",
+        pool: str = "max",
+        readout: str = "flatten",
     ):
         super().__init__()
         blocks = []
         c = in_shape[0]
         for _ in range(depth):
-            blocks.append(ConvBlock(c, channels, norm))
+            blocks.append(ConvBlock(c, channels, norm, pool))
             c = channels
-        self.body = nn.Sequential(*blocks, nn.Flatten())
+        if readout not in ("flatten", "mean"):
+            raise ValueError(f"unknown readout {readout!r}; expected 'flatten' or 'mean'")
+        self.body = nn.Sequential(*blocks, nn.Flatten() if readout == "flatten" else SpatialMean())
         with torch.no_grad():
             feat = self.body(torch.zeros(2, *in_shape)).shape[-1]
         self.head = nn.Linear(feat, out_dim)
