@@ -95,3 +95,19 @@ def test_backbones_vmap_equals_loop_second_order(arch):
 
     g = assert_paths_agree(lambda: (_conv_algo("batch", arch), _conv_task()))
     assert all(v.abs().sum() > 0 for k, v in g.items() if k.startswith("model.head"))
+
+
+def test_norm_parameters_can_stay_out_of_the_inner_loop():
+    from innerloop import SGD
+    from innerloop.algorithms import autograd_value_and_grad, without_norm
+
+    algo = _conv_algo()
+    names = without_norm(algo.model, algo.adapted_names(algo.model))
+    assert names and not any(".norm." in n for n in names)
+    algo2 = MAML(algo.model, SGD(0.3), loss_fn=F.cross_entropy, metric_fn=algo.metric_fn, inner_steps=2,
+                 adapted=names)
+    task = _conv_task().index(0)
+    _, res = algo2.run_task(algo2.params(), task, steps=2, first_order=False, value_and_grad=autograd_value_and_grad)
+    assert set(res.params) == set(names)
+    algo2.meta_backward(_conv_task())
+    assert algo.model.body[0].norm.weight.grad.abs().sum() > 0  # still meta-learned

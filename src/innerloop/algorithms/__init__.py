@@ -1,7 +1,7 @@
 """Meta-algorithms (outer loops) and the shared inner loop."""
 
 from innerloop.algorithms.anil import ANIL
-from innerloop.algorithms.base import EvalOutput, MetaAlgorithm
+from innerloop.algorithms.base import EvalOutput, MetaAlgorithm, without_norm
 from innerloop.algorithms.inner_loop import autograd_value_and_grad, func_value_and_grad, inner_loop
 from innerloop.algorithms.maml import FOMAML, MAML
 from innerloop.algorithms.random_init import RandomInit
@@ -24,4 +24,5 @@ __all__ = [
     "autograd_value_and_grad",
     "func_value_and_grad",
     "inner_loop",
+    "without_norm",
 ]

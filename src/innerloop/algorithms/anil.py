@@ -26,7 +26,7 @@ class ANIL(MetaAlgorithm):
 
     def prepare(self, params: Params, task: Task):
         body = _sub(params, "body.")
-        adapted = {n: params[n] for n in self.adapted_names(self.model)}
+        adapted = {n: params[n] for n in self.adapted}
         fs = functional_call(self.model.body, body, (task.support_x,))
         fq = functional_call(self.model.body, body, (task.query_x,))
 

@@ -52,6 +52,9 @@ class MetaAlgorithm(nn.Module):
         inner_steps / eval_inner_steps: inner steps in meta-training / evaluation.
         first_order: cut the support gradients from the graph (FOMAML).
         geometry: the geometry step (default Euclidean).
+        adapted: names of the tensors adapted in the inner loop (default: :meth:`adapted_names`;
+            e.g. :func:`without_norm` of it for ALFA / MAML++, which keep norm scales and shifts
+            out of the inner loop). The rule must be built for exactly these tensors.
     """
 
     #: whether θ0 is meta-learned (False for the random-init baseline)
@@ -68,8 +71,13 @@ class MetaAlgorithm(nn.Module):
         eval_inner_steps: int | None = None,
         first_order: bool = False,
         geometry: Geometry | None = None,
+        adapted: list[str] | None = None,
     ):
         super().__init__()
+        self.adapted = list(adapted) if adapted is not None else self.adapted_names(model)
+        unknown = set(self.adapted) - dict(model.named_parameters()).keys()
+        if unknown:
+            raise ValueError(f"adapted names not in the model: {sorted(unknown)}")
         self.model = model
         self.rule = rule
         self.geometry = geometry if geometry is not None else Euclidean()
@@ -94,7 +102,7 @@ class MetaAlgorithm(nn.Module):
 
     def prepare(self, params: Params, task: Task) -> tuple[Forward, Params, Tensor, Tensor]:
         """Return ``(forward, adapted, support_inputs, query_inputs)`` for one task."""
-        adapted = {n: params[n] for n in self.adapted_names(self.model)}
+        adapted = {n: params[n] for n in self.adapted}
         fixed = {n: v for n, v in params.items() if n not in adapted}
 
         def forward(p: Params, x: Tensor) -> Tensor:
@@ -183,3 +191,13 @@ class MetaAlgorithm(nn.Module):
 
         params = {k: v.detach() for k, v in self.params().items()}
         return EvalOutput(*self.map_tasks(batch, path, per_task, params))
+
+
+def without_norm(model: nn.Module, names: list[str]) -> list[str]:
+    """``names`` minus the scale and shift of normalisation layers (BatchNorm / GroupNorm)."""
+    from innerloop.models.conv import BatchNorm2d, GroupNorm
+
+    norm = {f"{m}.{p}" if m else p for m, mod in model.named_modules()
+            if isinstance(mod, (BatchNorm2d, GroupNorm, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
+            for p, _ in mod.named_parameters(recurse=False)}
+    return [n for n in names if n not in norm]

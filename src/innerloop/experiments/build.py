@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from innerloop.algorithms import ALGORITHMS, MetaAlgorithm
+from innerloop.algorithms import ALGORITHMS, MetaAlgorithm, without_norm
 from innerloop.data import LinearBinary, Sine, TaskFamily
 from innerloop.data.episodes import FewShotImages
 from innerloop.data.images.base import SplitData
@@ -107,6 +107,8 @@ def build(cfg: Config, family: TaskFamily | None = None) -> tuple[TaskFamily, Me
     algo_cls = ALGORITHMS[a.name]
     try:
         names = algo_cls.adapted_names(model)
+        if not a.adapt_norm:
+            names = without_norm(model, names)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     params = dict(model.named_parameters())
@@ -124,6 +126,7 @@ def build(cfg: Config, family: TaskFamily | None = None) -> tuple[TaskFamily, Me
         eval_inner_steps=a.eval_inner_steps,
         first_order=a.first_order,
         geometry=geometry,
+        adapted=names,
     )
     return family, algo.to(device=resolve_device(cfg.train.device), dtype=dtype)
 

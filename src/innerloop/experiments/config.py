@@ -112,6 +112,7 @@ class AlgorithmConfig(Strict):
     inner_steps: PositiveInt = 1
     eval_inner_steps: PositiveInt | None = None  # default: inner_steps
     first_order: bool = False  # fomaml is maml with first_order = true
+    adapt_norm: bool = True  # false: norm scales/shifts are meta-learned but not inner-adapted (ALFA, MAML++)
 
 
 class TrainConfig(Strict):
