@@ -104,3 +104,12 @@ def test_model_and_task_shapes_must_agree(tmp_path):
     with pytest.raises(ConfigError, match="unknown dataset"):
         train(load(None, ["task.name=images", "task.dataset=nope", "train.iterations=1"]), tmp_path / "s",
               progress=False)
+
+
+def test_loader_options_are_checked(tmp_path, toy_dataset):
+    from innerloop.experiments.config import ConfigError
+
+    with pytest.raises(DatasetError, match="has no option colour"):
+        train(load(None, ["task.name=images", f"task.dataset={toy_dataset}", "task.options={colour = 1}",
+                          "model.name=conv4", "train.iterations=1"]), tmp_path / "r", progress=False)
+    assert issubclass(DatasetError, ConfigError.__mro__[1])  # both are UserErrors: one line, exit 2

@@ -52,7 +52,7 @@ def build_images(t) -> FewShotImages:
     for name in (t.dataset, t.test_dataset):
         if name is not None and name not in DATASETS:
             raise ConfigError(f"task.dataset: unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
-    opts = {"split_file": t.split_file} if t.split_file else {}
+    opts = {**t.options, **({"split_file": t.split_file} if t.split_file else {})}
     test_name, test_root = (t.test_dataset, t.test_root) if t.test_dataset else (t.dataset, t.root)
     loaders = {
         "train": lambda: load_split(t.dataset, t.root, "train", **opts),

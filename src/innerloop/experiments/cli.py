@@ -106,6 +106,19 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ConfigError(f"data check takes no config overrides (got {' '.join(overrides)})")
+    import os
+
+    from innerloop.data.images.check import run
+
+    root = args.root if args.root is not None else os.environ.get("INNERLOOP_DATA", "data")
+    text, status = run(root, args.dataset, all_images=args.all_images)
+    print(text)
+    return status
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="innerloop",
@@ -153,6 +166,19 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="where the demo runs go (default runs/demo)")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(fn=cmd_demo)
+
+    da = sub.add_parser("data", help="inspect the image datasets on disk",
+                        description="Inspect the image datasets that lie under a data root.")
+    da_sub = da.add_subparsers(dest="action", required=True)
+    dc = da_sub.add_parser("check", help="list the datasets found, their layout, classes and images per split, "
+                           "and every problem",
+                           description="Search a data root for every dataset with an on-disk loader and report "
+                           "its layout, classes and images per split and every problem found (exit 1 on a "
+                           "problem or when nothing is found).")
+    dc.add_argument("--root", help="data root (default: $INNERLOOP_DATA, else ./data)")
+    dc.add_argument("--dataset", action="append", help="check only this dataset (repeatable)")
+    dc.add_argument("--all-images", action="store_true", help="decode every image, not only the first per class")
+    dc.set_defaults(fn=cmd_data_check)
     return p
 
 

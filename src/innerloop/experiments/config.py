@@ -58,6 +58,8 @@ class ImagesConfig(Strict):
     k_shot: PositiveInt = 1
     query: PositiveInt = 15  # query images per class
     rotate: bool | None = None  # one random 0/90/180/270° turn per class per task (None: dataset default)
+    # loader options of the training dataset, e.g. {split_rule = "vinyals"} for omniglot
+    options: dict[str, str | int | float | bool] = {}
 
 
 TaskConfig = Annotated[Union[SineConfig, LinearConfig, ImagesConfig], Field(discriminator="name")]  # noqa: UP007

@@ -117,4 +117,17 @@ def register_dataset(name: str, layouts: str, splits: tuple[str, ...] = ("train"
 def load_split(name: str, root: str | Path | None, split: str, **options) -> SplitData:
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
+    valid = loader_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise DatasetError(f"dataset {name!r} has no option {', '.join(unknown)} (its options: "
+                           f"{', '.join(valid) or 'none'})")
     return DATASETS[name].load(root, split, **options)
+
+
+def loader_options(name: str) -> list[str]:
+    """The keyword options of a dataset's loader (e.g. omniglot's ``split_rule``)."""
+    import inspect
+
+    sig = inspect.signature(DATASETS[name].load)
+    return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
