@@ -10,6 +10,7 @@ from innerloop.data.images import (  # noqa: F401  (importing a loader module re
     cifar,
     cub,
     dogs,
+    glyphs,
     mini_imagenet,
     omniglot,
     tiered_imagenet,
