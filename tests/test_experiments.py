@@ -99,10 +99,11 @@ def test_existing_run_is_not_overwritten(tmp_path):
         train(cfg, tmp_path / "run", progress=False)
 
 
-@pytest.mark.parametrize("execution", ["loop", "vmap"])
-def test_resume_is_exact(tmp_path, execution):
-    """N iterations straight == N/2, stop, resume, N/2 (bit for bit)."""
-    over = [*TINY, "rule.name=meta_sgd", "train.iterations=8", f"train.execution={execution}"]
+@pytest.mark.parametrize("execution,prefetch", [("loop", 2), ("vmap", 2), ("vmap", 0)])
+def test_resume_is_exact(tmp_path, execution, prefetch):
+    """N iterations straight == N/2, stop, resume, N/2 (bit for bit), with and without prefetching."""
+    over = [*TINY, "rule.name=meta_sgd", "train.iterations=8", f"train.execution={execution}",
+            f"train.prefetch={prefetch}"]
     cfg = load(None, over)
     train(cfg, tmp_path / "straight", progress=False)
     with pytest.raises(RunInterrupted):

@@ -123,6 +123,7 @@ class TrainConfig(Strict):
     optimizer: Literal["adam", "sgd"] = "adam"
     meta_lr: PositiveFloat = 1e-3
     clip_grad_norm: PositiveFloat | None = None  # clip the meta-gradient's global norm (off by default)
+    prefetch: NonNegativeInt = 2  # meta-batches sampled ahead in a background thread (0: none)
     val_every: PositiveInt = 1000
     val_tasks: PositiveInt = 100
     val_seed: int = 1

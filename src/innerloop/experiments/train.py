@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from innerloop.algorithms import EvalOutput, MetaAlgorithm
 from innerloop.data import TaskFamily
+from innerloop.data.prefetch import Prefetcher
 from innerloop.experiments import checkpoint as ckpt
 from innerloop.experiments.build import build, choose_path
 from innerloop.experiments.config import Config, ConfigError, to_dict, validate
@@ -167,7 +168,7 @@ def train(
                 "iteration": it,
                 "algorithm": algo.state_dict(),
                 "optimizer": opt.state_dict() if opt is not None else None,
-                "generator": gen.get_state(),
+                "generator": feed.state_after if feed is not None else gen.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "best_score": best_score,
                 "best_iteration": best_it,
@@ -178,12 +179,15 @@ def train(
         )
 
     t0 = time.perf_counter()
+    # batches are drawn ahead in a thread; the checkpoint keeps the generator state after the last
+    # batch consumed, so resuming draws the same batches as an uninterrupted run
+    feed = Prefetcher(family.sample, tc.meta_batch, gen, tc.prefetch) if start < tc.iterations else None
     bar = tqdm(total=tc.iterations, initial=start, disable=not progress, desc=cfg.name, dynamic_ncols=True)
     postfix: dict[str, str] = {}
     it = start
     try:
         while it < tc.iterations:
-            batch = family.sample(tc.meta_batch, gen)
+            batch = feed.next()
             batch = Task(*(_cast(t, device, dtype) for t in batch))
             algo.zero_grad(set_to_none=True)
             stats = algo.meta_backward(batch, path)
@@ -219,6 +223,8 @@ def train(
         raise RunInterrupted(f"interrupted at iteration {it}; continue with --resume") from None
     finally:
         bar.close()
+        if feed is not None:
+            feed.close()
     if not last.exists():  # zero iterations
         save_last(it)
     return evaluate_run(out, extra={
