@@ -57,6 +57,12 @@ def test_reproduce_runs_rows_then_skips_them(table, tmp_path, capsys):
     assert all(r.get("skipped") for r in again["rows"])
 
 
+def test_rows_left_out_are_reported_as_not_run(table, tmp_path):
+    report = reproduce(table, out_root=tmp_path / "res", only=["sgd"])
+    assert [r["name"] for r in report["rows"]] == ["sgd", "msgd"] and report["rows"][1]["not_run"]
+    assert "| msgd | not run yet |" in (tmp_path / "res" / "tiny.md").read_text()
+
+
 def test_bad_tables_are_user_errors(table, tmp_path):
     with pytest.raises(ConfigError, match="no scale"):
         reproduce(table, scale="huge", out_root=tmp_path / "res")

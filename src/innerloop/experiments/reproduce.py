@@ -105,10 +105,17 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
     out = Path(out_root) / name
     threads = 1 if jobs > 1 else None
     with ThreadPoolExecutor(max_workers=jobs) as ex:
-        results = list(ex.map(lambda r: run_row(table_path, table, r, scale, out, threads), rows))
+        results = dict(zip([r.name for r in rows], ex.map(lambda r: run_row(table_path, table, r, scale, out, threads),
+                                                            rows), strict=True))
     report = {"title": table.title, "table": str(table_path), "scale": scale,
               "scale_overrides": table.scale[scale], "notes": table.notes, "rows": []}
-    for r, res in zip(rows, results, strict=True):
+    for r in table.row:  # every row of the table; rows left out by --rows show their stored result or "not run"
+        if r.name in results:
+            res = results[r.name]
+        elif (out / r.name / "test.json").exists():
+            res = {**json.loads((out / r.name / "test.json").read_text()), "skipped": True}
+        else:
+            res = {"not_run": True}
         report["rows"].append({"name": r.name, "label": r.label or r.name, "paper": r.paper,
                                "overrides": r.overrides, **res})
     save_json(report, Path(out_root) / f"{name}.json")
@@ -125,6 +132,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["| row | ours (mean ± 95% CI) | paper | best val | tasks | iterations | ms / iteration | train time "
               "| peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
+        if r.get("not_run"):
+            paper = "" if r["paper"] is None else f"{r['paper']:g}"
+            lines.append(f"| {r['label']} | not run yet | {paper} | | | | | | |")
+            continue
         if r.get("failed"):
             lines.append(f"| {r['label']} | failed (see `{r['log']}`) | {r['paper'] or ''} | | | | | | |")
             continue
