@@ -365,3 +365,16 @@ def load_pickle(path: Path, dataset: str, what: str):
                 KeyError, UnicodeDecodeError, OverflowError) as e:
             hint = _what_it_is(path)
             raise fail(f"{dataset}: {path} is not a valid {what} pickle ({hint}; {type(e).__name__}: {e})") from None
+
+
+def folder_split(dataset: str, split: str, folders: dict[str, Path], table: dict[str, list[str]], source: str,
+                 size: int):
+    """A lazily decoded split of class folders (``folders``: class name → folder) chosen by ``table``."""
+    from innerloop.data.images.base import FileSplit
+
+    classes = split_classes(dataset, split, list(folders), table, source)
+    files = [image_files(folders[c]) for c in classes]
+    empty = [c for c, f in zip(classes, files, strict=True) if not f]
+    if empty:
+        raise fail(f"{dataset}: no images in {folders[empty[0]]}")
+    return FileSplit(dataset, split, classes, files, DecodeFile(size), (3, size, size))

@@ -12,15 +12,12 @@ import re
 from pathlib import Path
 
 from innerloop.data.images._common import (
-    DecodeFile,
     Locator,
     builtin_split,
     check_split,
-    fail,
-    image_files,
+    folder_split,
     read_split_file,
     register_locator,
-    split_classes,
     subdirs_of,
 )
 from innerloop.data.images.base import FileSplit, register_dataset
@@ -62,9 +59,4 @@ def load(root, split: str, *, split_file=None) -> FileSplit:
         table, source = read_split_file(split_file, NAME), f"split file {split_file}"
     else:
         table, source = builtin_split("dogs_li", NAME), "the built-in 70/20/30 split (splits/dogs_li.toml)"
-    classes = split_classes(NAME, split, list(folders), table, source)
-    files = [image_files(folders[c]) for c in classes]
-    empty = [c for c, f in zip(classes, files, strict=True) if not f]
-    if empty:
-        raise fail(f"{NAME}: no images in {folders[empty[0]]}")
-    return FileSplit(NAME, split, classes, files, DecodeFile(SIZE), (3, SIZE, SIZE))
+    return folder_split(NAME, split, folders, table, source, SIZE)
