@@ -237,7 +237,7 @@ def test_reported_rates_land_in_evaluation_output():
     algo.eval_inner_steps = 3
     out = algo.evaluate(batch)
     names = algo.rule.names
-    assert set(out.trace) == {f"{s}.{k}" for s in ("alpha", "beta") for k in names}
+    assert set(out.trace) == {"support_grad_norm"} | {f"{s}.{k}" for s in ("alpha", "beta") for k in names}
     assert all(v.shape == (batch.num_tasks, 3) for v in out.trace.values())
     assert all(torch.isfinite(v).all() for v in out.trace.values())
     # per task (the generator sees task-specific gradients) and per step

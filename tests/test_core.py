@@ -20,10 +20,13 @@ def test_inner_loop_is_plain_sgd():
     fwd = lambda p, x: x @ p["w"]
     res = inner_loop(fwd, {"w": w}, x, y, rule=SGD(0.1), geometry=Euclidean(), loss_fn=F.mse_loss,
                      steps=3, first_order=True)
-    ref = w.clone()
+    ref, norms = w.clone(), []
     for _ in range(3):
-        ref = ref - 0.1 * (2 / y.numel()) * x.T @ (x @ ref - y)
+        g = (2 / y.numel()) * x.T @ (x @ ref - y)
+        norms.append(g.norm())
+        ref = ref - 0.1 * g
     torch.testing.assert_close(res.params["w"], ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(res.trace["support_grad_norm"], torch.stack(norms), rtol=1e-12, atol=1e-14)
     assert res.support_losses.shape == (3,)
     assert res.support_losses[0] == F.mse_loss(x @ w, y)
 

@@ -42,7 +42,8 @@ class InnerResult(NamedTuple):
     """What the inner loop returns for one task.
 
     ``params``: adapted parameters; ``support_losses``: support loss before each step ``[S]``;
-    ``trace``: per-step scalars a rule chose to report (name → ``[S]``).
+    ``trace``: per-step scalars (name → ``[S]``): ``support_grad_norm`` (the support gradient's
+    norm over the adapted tensors, before each step) and whatever the rule chose to report.
     """
 
     params: Params

@@ -83,7 +83,8 @@ def inner_loop(
                                first_order=first_order)
         gstate = geometry.step(gstate, updates)
         losses.append(loss.detach())
-        traces.append({k: v.detach() for k, v in rule.report(rstate).items()})
+        gnorm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads.values()))
+        traces.append({"support_grad_norm": gnorm, **{k: v.detach() for k, v in rule.report(rstate).items()}})
     support_losses = torch.stack(losses) if losses else x.new_zeros(0)
     trace = {k: torch.stack([t[k] for t in traces]) for k in (traces[0] if traces else {})}
     return InnerResult(geometry.params(gstate), support_losses, trace)
