@@ -138,4 +138,4 @@ def test_train_and_eval_step_counts_are_separate():
 def test_unknown_path_is_an_error():
     algo, batch = make()
     with pytest.raises(ValueError, match="execution path"):
-        algo.meta_backward(batch, "threads")
+        algo.meta_backward(batch, "warp")

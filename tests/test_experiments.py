@@ -147,10 +147,14 @@ def test_cli_train_and_eval(tmp_path, capsys):
 
 
 def test_demo_runs_both_rules_and_prints_a_table(tmp_path, capsys):
-    assert main(["demo", "--iterations", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["demo", "--iterations", "2", "--glyph-iterations", "2", "--glyph-tasks", "4", "--out", str(tmp_path),
+                 "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "sine-maml" in out and "sine-meta_sgd" in out and out.count("±") == 3  # header + two rows
+    assert "sine-maml" in out and "sine-meta_sgd" in out and "glyphs-anil-5w1s" in out
+    assert out.count("±") == 5  # two headers, three rows
     assert (tmp_path / "sine-meta_sgd" / "test.json").exists()
+    res = json.loads((tmp_path / "glyphs-anil-5w1s" / "test.json").read_text())
+    assert res["metric"] == "accuracy" and res["tasks"] == 4 and res["inner_steps"] == 10
 
 
 def test_auto_path_follows_the_measurements():

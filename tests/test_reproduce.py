@@ -72,3 +72,60 @@ def test_bad_tables_are_user_errors(table, tmp_path):
     (tmp_path / "bad2.toml").write_text(TABLE.replace("rule.name=sgd", "rule.nme=sgd"))
     with pytest.raises(ConfigError, match="rule.nme"):
         reproduce(tmp_path / "bad2.toml", out_root=tmp_path / "res")
+
+
+PLOT_TABLE = """
+title = "tiny with an upper bound"
+base = "base.toml"
+x_label = "hidden units"
+[scale]
+cpu = ["train.iterations=2"]
+[[row]]
+name = "sgd"
+label = "SGD"
+x = 4
+series = "MAML"
+[[row]]
+name = "ub"
+label = "upper bound"
+kind = "upper_bound"
+upper_bound = { train_points = 10, steps = 3, init = "sgd" }
+x = 4
+series = "upper bound"
+"""
+
+
+def test_upper_bound_rows_and_plot_coordinates(table, tmp_path):
+    (tmp_path / "ub.toml").write_text(PLOT_TABLE)
+    t = read_table(tmp_path / "ub.toml")
+    assert [r.kind for r in t.row] == ["train", "upper_bound"] and t.row[1].upper_bound.steps == 3
+    assert t.row[0].x == 4.0 and t.row[0].series == "MAML" and t.x_label == "hidden units"
+    report = reproduce(tmp_path / "ub.toml", out_root=tmp_path / "res")
+    sgd, ub = report["rows"]
+    assert (sgd["x"], sgd["series"], sgd["iteration"]) == (4.0, "MAML", 2) and "kind" not in sgd
+    assert ub["kind"] == "upper_bound" and ub["series"] == "upper bound" and ub["tasks"] == 4
+    assert ub["steps"] == 3 and ub["train_points"] == 10 and ub["init"].endswith("sgd")
+    stored = json.loads((tmp_path / "res" / "ub.json").read_text())
+    assert stored["x_label"] == "hidden units" and stored["rows"][1]["kind"] == "upper_bound"
+    assert "| upper bound | " in (tmp_path / "res" / "ub.md").read_text()
+    assert reproduce(tmp_path / "ub.toml", out_root=tmp_path / "res")["rows"][1]["skipped"]
+    # tables without the new keys keep their reports as before
+    plain = reproduce(table, out_root=tmp_path / "res2", only=["sgd"])
+    assert not {"x", "series", "kind", "x_label"} & (plain.keys() | plain["rows"][0].keys())
+
+
+@pytest.mark.parametrize("change, needle", [
+    (('kind = "upper_bound"\n', ""), "upper_bound options but kind = 'train'"),
+    (('init = "sgd"', 'init = "nope"'), "upper_bound.init = 'nope' is not a trained row"),
+    (('init = "sgd"', 'init = "ub"'), "upper_bound.init = 'ub' is not a trained row"),
+    (('series = "upper bound"', 'series = "MAML"'), "same x = 4 in series 'MAML'"),
+    (("x = 4\nseries = \"MAML\"", "x = nan\nseries = \"MAML\""), "x"),
+    (('kind = "upper_bound"', 'kind = "eval"'), "kind"),
+    (("steps = 3", "steps = 0"), "steps"),
+    (("steps = 3", "step = 3"), "step"),
+])
+def test_bad_plot_and_upper_bound_rows(tmp_path, change, needle):
+    (tmp_path / "t.toml").write_text(PLOT_TABLE.replace(*change))
+    with pytest.raises(ConfigError, match="bad table file") as e:
+        read_table(tmp_path / "t.toml")
+    assert needle in str(e.value)

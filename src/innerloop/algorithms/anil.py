@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from innerloop.algorithms.base import MetaAlgorithm
+from innerloop.algorithms.base import MetaAlgorithm, _thread_model
 from innerloop.types import Params, Task
 
 
@@ -27,10 +27,11 @@ class ANIL(MetaAlgorithm):
     def prepare(self, params: Params, task: Task):
         body = _sub(params, "body.")
         adapted = {n: params[n] for n in self.adapted}
-        fs = functional_call(self.model.body, body, (task.support_x,))
-        fq = functional_call(self.model.body, body, (task.query_x,))
+        model = _thread_model(self.model)
+        fs = functional_call(model.body, body, (task.support_x,))
+        fq = functional_call(model.body, body, (task.query_x,))
 
         def forward(p: Params, x: Tensor) -> Tensor:
-            return functional_call(self.model.head, _sub(p, "head."), (x,))
+            return functional_call(model.head, _sub(p, "head."), (x,))
 
         return forward, adapted, fs, fq

@@ -5,12 +5,20 @@ runs a meta-batch through one of two execution paths that compute the same numbe
 
 * ``"loop"``: a Python loop over tasks, each task's query loss back-propagated as soon as it is
   computed (so only one task's graph is alive at a time);
-* ``"vmap"``: ``torch.func.vmap`` over the task dimension, one backward for the batch.
+* ``"vmap"``: ``torch.func.vmap`` over the task dimension, one backward for the batch;
+* ``"threads"``: the loop's per-task work spread over a pool of threads (as many as torch's
+  intra-op threads), each running its tasks with single-threaded kernels; the per-task
+  meta-gradients are summed in task order. Few-shot tasks are too small for intra-op parallelism
+  to pay, while independent tasks keep every core busy.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Literal, NamedTuple
 
 import torch
@@ -28,8 +36,42 @@ from innerloop.geometry import Euclidean, Geometry
 from innerloop.rules.base import UpdateRule
 from innerloop.types import InnerResult, Params, Task
 
-Path = Literal["loop", "vmap"]
+Path = Literal["loop", "vmap", "threads"]
+PATHS = ("loop", "vmap", "threads")
 MetricFn = Callable[[Tensor, Tensor], Tensor]
+
+_tls = threading.local()
+
+
+def _thread_model(model: nn.Module) -> nn.Module:
+    """``model`` itself, or in a worker thread of the ``threads`` path a private copy of it:
+    ``functional_call`` swaps a module's tensors while it runs, so two threads must not share one
+    module. The copy's own tensors are never read (every parameter and buffer is passed in)."""
+    if not getattr(_tls, "worker", False):
+        return model
+    cache = _tls.__dict__.setdefault("models", {})
+    hit = cache.get(id(model))
+    if hit is None or hit[0] is not model:
+        hit = cache[id(model)] = (model, copy.deepcopy(model))
+    return hit[1]
+
+
+def _worker_init() -> None:
+    _tls.worker = True
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def _task_pool():
+    """A pool with one worker per intra-op thread; kernels run single-threaded meanwhile."""
+    n = torch.get_num_threads()
+    with ThreadPoolExecutor(max_workers=n, initializer=_worker_init) as pool:
+        torch.set_num_threads(1)
+        try:
+            yield pool
+        finally:
+            torch.set_num_threads(n)
+
 
 
 class EvalOutput(NamedTuple):
@@ -55,6 +97,11 @@ class MetaAlgorithm(nn.Module):
         adapted: names of the tensors adapted in the inner loop (default: :meth:`adapted_names`;
             e.g. :func:`without_norm` of it for ALFA / MAML++, which keep norm scales and shifts
             out of the inner loop). The rule must be built for exactly these tensors.
+        second_order_steps: in meta-training, keep second-order terms only through the last
+            ``k`` inner steps (``None``: all of them). A memory control; see :func:`inner_loop`.
+        checkpoint: activation checkpointing across inner steps in meta-training (loop path).
+        vmap_chunk: on the vmap path, meta-train on this many tasks at a time (each chunk's
+            graph is back-propagated before the next is built); ``None``: the whole meta-batch.
     """
 
     #: whether θ0 is meta-learned (False for the random-init baseline)
@@ -72,6 +119,9 @@ class MetaAlgorithm(nn.Module):
         first_order: bool = False,
         geometry: Geometry | None = None,
         adapted: list[str] | None = None,
+        second_order_steps: int | None = None,
+        checkpoint: bool = False,
+        vmap_chunk: int | None = None,
     ):
         super().__init__()
         self.adapted = list(adapted) if adapted is not None else self.adapted_names(model)
@@ -86,6 +136,16 @@ class MetaAlgorithm(nn.Module):
         self.inner_steps = int(inner_steps)
         self.eval_inner_steps = int(eval_inner_steps if eval_inner_steps is not None else inner_steps)
         self.first_order = bool(first_order)
+        if second_order_steps is not None and second_order_steps < 0:
+            raise ValueError(f"second_order_steps must be >= 0 or None, got {second_order_steps}")
+        self.second_order_steps = second_order_steps
+        self.checkpoint = bool(checkpoint)
+        if self.checkpoint and not rule.supports_checkpoint:
+            raise ValueError(f"rule {type(rule).__name__} does not support activation checkpointing "
+                             "(it runs a torch.func transform inside its update)")
+        if vmap_chunk is not None and vmap_chunk < 1:
+            raise ValueError(f"vmap_chunk must be >= 1 or None, got {vmap_chunk}")
+        self.vmap_chunk = vmap_chunk
         if not self.learns_init:
             for p in self.model.parameters():
                 p.requires_grad_(False)
@@ -105,14 +165,17 @@ class MetaAlgorithm(nn.Module):
         adapted = {n: params[n] for n in self.adapted}
         fixed = {n: v for n, v in params.items() if n not in adapted}
 
+        model = _thread_model(self.model)
+
         def forward(p: Params, x: Tensor) -> Tensor:
-            return functional_call(self.model, {**fixed, **p}, (x,))
+            return functional_call(model, {**fixed, **p}, (x,))
 
         return forward, adapted, task.support_x, task.query_x
 
     # ---- one task ----------------------------------------------------------------------------
     def run_task(
-        self, params: Params, task: Task, *, steps: int, first_order: bool, value_and_grad
+        self, params: Params, task: Task, *, steps: int, first_order: bool, value_and_grad,
+        training: bool = False,
     ) -> tuple[Tensor, InnerResult]:
         """Adapt on the support set and return the query outputs and the inner result."""
         forward, adapted, sx, qx = self.prepare(params, task)
@@ -127,6 +190,8 @@ class MetaAlgorithm(nn.Module):
             steps=steps,
             first_order=first_order,
             value_and_grad=value_and_grad,
+            second_order_steps=self.second_order_steps if training else None,
+            checkpoint=self.checkpoint and training and value_and_grad is autograd_value_and_grad,
         )
         return forward(res.params, qx), res
 
@@ -141,13 +206,29 @@ class MetaAlgorithm(nn.Module):
             rows = [fn(params, batch.index(i), autograd_value_and_grad) for i in range(batch.num_tasks)]
             flat, spec = zip(*(tree_flatten(r) for r in rows), strict=True)
             return tree_unflatten([torch.stack(col) for col in zip(*flat, strict=True)], spec[0])
+        if path == "threads":
+            grad_mode = torch.is_grad_enabled()
+
+            def one(i):
+                with torch.set_grad_enabled(grad_mode):
+                    return fn(params, batch.index(i), autograd_value_and_grad)
+
+            with _task_pool() as pool:
+                rows = list(pool.map(one, range(batch.num_tasks)))
+            flat, spec = zip(*(tree_flatten(r) for r in rows), strict=True)
+            return tree_unflatten([torch.stack(col) for col in zip(*flat, strict=True)], spec[0])
         if path == "vmap":
             per_task = lambda p, sx, sy, qx, qy: fn(p, Task(sx, sy, qx, qy), func_value_and_grad)
             return torch.func.vmap(per_task, in_dims=(None, 0, 0, 0, 0))(params, *batch)
-        raise ValueError(f"unknown execution path {path!r}; expected 'loop' or 'vmap'")
+        raise ValueError(f"unknown execution path {path!r}; expected one of {', '.join(PATHS)}")
+
+    def _check_path(self, path: Path) -> None:
+        if self.checkpoint and path == "vmap":
+            raise ValueError(f"activation checkpointing runs on the loop and threads paths, not {path!r}")
 
     def _query(self, p: Params, task: Task, vg) -> tuple[Tensor, Tensor]:
-        out, _ = self.run_task(p, task, steps=self.inner_steps, first_order=self.first_order, value_and_grad=vg)
+        out, _ = self.run_task(p, task, steps=self.inner_steps, first_order=self.first_order, value_and_grad=vg,
+                               training=True)
         return self.loss_fn(out, task.query_y), self.metric_fn(out.detach(), task.query_y)
 
     def forward(self, batch: Task, path: Path = "loop") -> Tensor:
@@ -162,6 +243,7 @@ class MetaAlgorithm(nn.Module):
         Does not zero gradients and does not step the optimizer. The loop path back-propagates
         each task as soon as its query loss exists, so one task's graph is alive at a time.
         """
+        self._check_path(path)
         n = batch.num_tasks
         if path == "loop":
             params = self.params()
@@ -173,11 +255,44 @@ class MetaAlgorithm(nn.Module):
                 tot_loss += loss.item()
                 tot_metric += metric.item()
             return {"loss": tot_loss / n, "metric": tot_metric / n}
-        losses, metrics = self.map_tasks(batch, path, self._query)
-        loss = losses.mean()
-        if loss.requires_grad:
-            loss.backward()
-        return {"loss": loss.item(), "metric": metrics.mean().item()}
+        if path == "threads":
+            return self._meta_backward_threads(batch)
+        # vmap: all tasks of a chunk in one batched graph, back-propagated before the next chunk
+        chunk = self.vmap_chunk or n
+        tot_loss = tot_metric = 0.0
+        for i in range(0, n, chunk):
+            part = Task(*(t[i : i + chunk] for t in batch))
+            losses, metrics = self.map_tasks(part, path, self._query)
+            loss = losses.sum() / n
+            if loss.requires_grad:
+                loss.backward()
+            tot_loss += losses.sum().item()
+            tot_metric += metrics.sum().item()
+        return {"loss": tot_loss / n, "metric": tot_metric / n}
+
+    def _meta_backward_threads(self, batch: Task) -> dict[str, float]:
+        n = batch.num_tasks
+        params, metas = self.params(), self.meta_parameters()
+
+        def one(i):
+            loss, metric = self._query(params, batch.index(i), autograd_value_and_grad)
+            grads = (torch.autograd.grad(loss / n, metas, allow_unused=True) if loss.requires_grad and metas
+                     else (None,) * len(metas))
+            return loss.item(), metric.item(), grads
+
+        with _task_pool() as pool:
+            rows = list(pool.map(one, range(n)))
+        # accumulate in task order, as the loop path's successive backward() calls do
+        for j, p in enumerate(metas):
+            for _, _, grads in rows:
+                g = grads[j]
+                if g is None:
+                    continue
+                if p.grad is None:
+                    p.grad = g.clone()
+                else:
+                    p.grad += g
+        return {"loss": sum(r[0] for r in rows) / n, "metric": sum(r[1] for r in rows) / n}
 
     @torch.no_grad()
     def evaluate(self, batch: Task, path: Path = "loop", steps: int | None = None) -> EvalOutput:

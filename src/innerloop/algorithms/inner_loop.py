@@ -57,13 +57,26 @@ def inner_loop(
     steps: int,
     first_order: bool,
     value_and_grad: ValueAndGrad = autograd_value_and_grad,
+    second_order_steps: int | None = None,
+    checkpoint: bool = False,
 ) -> InnerResult:
     """Adapt ``params`` to the support set ``(x, y)`` with ``steps`` steps of ``rule``.
 
     ``forward(params, x)`` returns model outputs; only the tensors in ``params`` are adapted.
     With ``first_order`` the support gradients are cut from the graph (FOMAML); the path from the
     rule's meta-parameters to the adapted weights is kept either way.
+
+    Memory controls (both leave the forward numbers unchanged):
+
+    * ``second_order_steps = k``: only the last ``k`` steps keep the second-order terms (the
+      earlier steps are first order), so only ``k`` double-backward graphs are built;
+    * ``checkpoint``: each step's activations are freed after the step and recomputed in the
+      backward pass (``torch.utils.checkpoint``), trading one more forward per step for memory
+      that no longer grows with the activations of every step. Loop path only (the vmap path's
+      ``torch.func`` transforms do not compose with it).
     """
+    if second_order_steps is not None and second_order_steps < 0:
+        raise ValueError(f"second_order_steps must be >= 0 or None, got {second_order_steps}")
     rstate = rule.init(params)
 
     def support_loss(p_: Params) -> tuple[Tensor, Tensor]:
@@ -76,15 +89,45 @@ def inner_loop(
     gstate = geometry.init(params)
     losses: list[Tensor] = []
     traces: list[dict[str, Tensor]] = []
-    for step in range(steps):
+
+    def one_step(step: int, gstate, rstate, fo: bool):
         p = geometry.params(gstate)
-        grads, loss, out = value_and_grad(support_loss, p, not first_order)
-        updates, rstate = rule(grads, rstate, p, step=step, loss=loss, logits=out, targets=y,
-                               first_order=first_order)
-        gstate = geometry.step(gstate, updates)
-        losses.append(loss.detach())
+        grads, loss, out = value_and_grad(support_loss, p, not fo)
+        updates, rstate = rule(grads, rstate, p, step=step, loss=loss, logits=out, targets=y, first_order=fo)
         gnorm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads.values()))
+        return geometry.step(gstate, updates), rstate, loss.detach(), gnorm
+
+    for step in range(steps):
+        fo = first_order or (second_order_steps is not None and step < steps - second_order_steps)
+        if checkpoint and torch.is_grad_enabled():
+            gstate, rstate, loss, gnorm = _checkpointed(one_step, step, gstate, rstate, fo)
+        else:
+            gstate, rstate, loss, gnorm = one_step(step, gstate, rstate, fo)
+        losses.append(loss)
         traces.append({"support_grad_norm": gnorm, **{k: v.detach() for k, v in rule.report(rstate).items()}})
     support_losses = torch.stack(losses) if losses else x.new_zeros(0)
     trace = {k: torch.stack([t[k] for t in traces]) for k in (traces[0] if traces else {})}
     return InnerResult(geometry.params(gstate), support_losses, trace)
+
+
+def _checkpointed(one_step, step: int, gstate, rstate, fo: bool):
+    """``one_step`` under non-reentrant activation checkpointing: its saved activations are dropped
+    and recomputed when the backward pass reaches them."""
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+    from torch.utils.checkpoint import checkpoint
+
+    leaves, spec = tree_flatten((gstate, rstate))
+    is_t = [isinstance(v, Tensor) for v in leaves]
+    tensors = [v for v, t in zip(leaves, is_t, strict=True) if t]
+    out_spec = []
+
+    def fn(*ts):
+        it = iter(ts)
+        g, r = tree_unflatten([next(it) if t else v for v, t in zip(leaves, is_t, strict=True)], spec)
+        res = one_step(step, g, r, fo)
+        flat, sp = tree_flatten(res)
+        out_spec.append(sp)
+        return tuple(flat)
+
+    flat = checkpoint(fn, *tensors, use_reentrant=False)
+    return tree_unflatten(list(flat), out_spec[0])

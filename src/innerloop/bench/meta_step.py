@@ -35,14 +35,14 @@ def _accuracy(out, y):
     return (out.argmax(-1) == y).to(out.dtype).mean()
 
 
-def build(workload: str, rule: str, first_order: bool, meta_batch: int | None):
+def build(workload: str, rule: str, first_order: bool, meta_batch: int | None, steps: int | None = None):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     if workload == "sine":
         fam = Sine(5, 100)
         model = MLP(1, [40, 40], 1)
         batch = fam.sample(meta_batch or 25, g)
-        loss, metric, steps, lr = fam.loss, fam.metric, 1, 0.01
+        loss, metric, default_steps, lr = fam.loss, fam.metric, 1, 0.01
     else:
         shot = 1 if workload == "omniglot-1shot" else 5
         n_way, query, b = 5, 15, meta_batch or 8
@@ -52,8 +52,9 @@ def build(workload: str, rule: str, first_order: bool, meta_batch: int | None):
         sy = torch.arange(n_way).repeat_interleave(shot).expand(b, -1).contiguous()
         qy = torch.arange(n_way).repeat_interleave(query).expand(b, -1).contiguous()
         batch = Task(sx, sy, qx, qy)
-        loss, metric, steps, lr = F.cross_entropy, _accuracy, 5, 0.4
+        loss, metric, default_steps, lr = F.cross_entropy, _accuracy, 5, 0.4
     shapes = {n: p.shape for n, p in model.named_parameters()}
+    steps = steps or default_steps
     r = MetaSGD(shapes, lr) if rule == "meta_sgd" else SGD(lr)
     algo = MAML(model, r, loss_fn=loss, metric_fn=metric, inner_steps=steps, first_order=first_order)
     return algo, batch
@@ -92,7 +93,7 @@ def run_case(workload: str, path: str, order: int, rule: str, repeats: int, meta
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m innerloop.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    p.add_argument("--paths", nargs="+", default=["loop", "vmap"], choices=["loop", "vmap"])
+    p.add_argument("--paths", nargs="+", default=["loop", "threads", "vmap"], choices=["loop", "threads", "vmap"])
     p.add_argument("--orders", nargs="+", type=int, default=[2, 1], choices=[1, 2])
     p.add_argument("--rule", default="sgd", choices=["sgd", "meta_sgd"])
     p.add_argument("--repeats", type=int, default=None, help="timed meta-steps (default: 20 sine, 3 conv)")

@@ -7,6 +7,7 @@ checkpoints, so resumed runs see the same tasks) and knows its loss and metric.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -14,6 +15,30 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from innerloop.types import Task
+
+
+class PointSource:
+    """More labelled points from a fixed set of tasks (the tasks' parameters are kept).
+
+    ``draw(num, generator)`` returns ``(x [n, num, *in], y [n, num, *out])``: ``num`` fresh points
+    per task from the task's input distribution, labelled by that task (unbalanced, like a query
+    set). ``source[i:j]`` is the source of tasks ``i..j-1``.
+    """
+
+    def __init__(self, draw_fn: Callable[[tuple[Tensor, ...], int, torch.Generator], tuple[Tensor, Tensor]],
+                 params: tuple[Tensor, ...]):
+        self.draw_fn, self.params = draw_fn, params
+
+    def __len__(self) -> int:
+        return self.params[0].shape[0]
+
+    def __getitem__(self, idx: slice) -> PointSource:
+        if not isinstance(idx, slice):
+            raise TypeError("index a PointSource with a slice (source[i:i + 1] for one task)")
+        return PointSource(self.draw_fn, tuple(p[idx] for p in self.params))
+
+    def draw(self, num: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return self.draw_fn(self.params, int(num), generator)
 
 
 class TaskFamily:
@@ -36,6 +61,16 @@ class TaskFamily:
     def fixed_tasks(self, n: int, seed: int) -> Task:
         """``n`` tasks fixed by ``seed`` (validation and test sets)."""
         return self.sample(n, torch.Generator().manual_seed(seed))
+
+    def sample_with_source(self, n: int, generator: torch.Generator) -> tuple[Task, PointSource]:
+        """The tasks :meth:`sample` draws from ``generator`` (the same tensors, the same use of
+        the generator) and a :class:`PointSource` of more labelled points from those same tasks.
+        Defined for synthetic families, whose tasks have explicit parameters."""
+        raise NotImplementedError(f"{type(self).__name__} cannot draw more points from a sampled task")
+
+    def fixed_tasks_with_source(self, n: int, seed: int) -> tuple[Task, PointSource]:
+        """:meth:`fixed_tasks` plus a :class:`PointSource` for those tasks."""
+        return self.sample_with_source(n, torch.Generator().manual_seed(seed))
 
     @staticmethod
     def loss(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -69,7 +104,8 @@ class Sine(TaskFamily):
             raise ValueError(f"sine form must be 'alfa' or 'maml', got {form!r}")
         self.k_shot, self.query, self.form = int(k_shot), int(query), form
 
-    def sample(self, n: int, generator: torch.Generator) -> Task:
+    def _task_params(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Amplitude, frequency and phase, each ``[n, 1, 1]``."""
         amp = _uniform(generator, (n, 1, 1), 0.1, 5.0)
         if self.form == "alfa":
             freq = _uniform(generator, (n, 1, 1), 0.8, 1.2)
@@ -77,10 +113,22 @@ class Sine(TaskFamily):
         else:
             freq = torch.ones(n, 1, 1)
             phase = -_uniform(generator, (n, 1, 1), 0.0, math.pi)
-        x = _uniform(generator, (n, self.k_shot + self.query, 1), -5.0, 5.0)
-        y = amp * torch.sin(freq * x + phase)
+        return amp, freq, phase
+
+    @staticmethod
+    def _points(params: tuple[Tensor, ...], num: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        amp, freq, phase = params
+        x = _uniform(generator, (amp.shape[0], num, 1), -5.0, 5.0)
+        return x, amp * torch.sin(freq * x + phase)
+
+    def sample_with_source(self, n: int, generator: torch.Generator) -> tuple[Task, PointSource]:
+        params = self._task_params(n, generator)
+        x, y = self._points(params, self.k_shot + self.query, generator)
         k = self.k_shot
-        return Task(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
+        return Task(x[:, :k], y[:, :k], x[:, k:], y[:, k:]), PointSource(self._points, params)
+
+    def sample(self, n: int, generator: torch.Generator) -> Task:
+        return self.sample_with_source(n, generator)[0]
 
     @staticmethod
     def loss(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -120,7 +168,14 @@ class LinearBinary(TaskFamily):
             g = torch.Generator().manual_seed(subspace_seed)
             self.basis = torch.linalg.qr(torch.randn(dim, subspace, generator=g)).Q  # [d, r]
 
-    def sample(self, n: int, generator: torch.Generator) -> Task:
+    @staticmethod
+    def _points(params: tuple[Tensor, ...], num: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``num`` points per task drawn as the query set is: x ~ N(0, I), label 1[wᵀx > 0]."""
+        (w,) = params
+        x = torch.randn(w.shape[0], num, w.shape[1], generator=generator)
+        return x, (torch.einsum("nkd,nd->nk", x, w) > 0).float()
+
+    def sample_with_source(self, n: int, generator: torch.Generator) -> tuple[Task, PointSource]:
         if self.basis is None:
             w = torch.randn(n, self.dim, generator=generator)
         else:
@@ -134,7 +189,10 @@ class LinearBinary(TaskFamily):
         xs = xs * (side * want).unsqueeze(-1)
         ys = (want > 0).float()
         yq = (torch.einsum("nkd,nd->nk", xq, w) > 0).float()
-        return Task(xs, ys, xq, yq)
+        return Task(xs, ys, xq, yq), PointSource(self._points, (w,))
+
+    def sample(self, n: int, generator: torch.Generator) -> Task:
+        return self.sample_with_source(n, generator)[0]
 
     @staticmethod
     def loss(outputs: Tensor, targets: Tensor) -> Tensor:

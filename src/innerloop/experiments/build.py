@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from innerloop.algorithms import ALGORITHMS, MetaAlgorithm, without_norm
+from innerloop.algorithms.select import select_adapted
 from innerloop.data import LinearBinary, Sine, TaskFamily
 from innerloop.data.episodes import FewShotImages
 from innerloop.data.images.base import SplitData
@@ -109,6 +110,7 @@ def build(cfg: Config, family: TaskFamily | None = None) -> tuple[TaskFamily, Me
         names = algo_cls.adapted_names(model)
         if not a.adapt_norm:
             names = without_norm(model, names)
+        names = select_adapted(model, names, a.adapt_only, a.freeze)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     params = dict(model.named_parameters())
@@ -117,17 +119,23 @@ def build(cfg: Config, family: TaskFamily | None = None) -> tuple[TaskFamily, Me
     ctx = BuildContext({n: params[n].shape for n in names}, steps, dtype, learned_init=algo_cls.learns_init)
     rule = build_rule(cfg.rule, ctx)
     geometry = build_geometry(cfg.geometry, ctx)
-    algo = algo_cls(
-        model,
-        rule,
-        loss_fn=family.loss,
-        metric_fn=family.metric,
-        inner_steps=a.inner_steps,
-        eval_inner_steps=a.eval_inner_steps,
-        first_order=a.first_order,
-        geometry=geometry,
-        adapted=names,
-    )
+    try:
+        algo = algo_cls(
+            model,
+            rule,
+            loss_fn=family.loss,
+            metric_fn=family.metric,
+            inner_steps=a.inner_steps,
+            eval_inner_steps=a.eval_inner_steps,
+            first_order=a.first_order,
+            geometry=geometry,
+            adapted=names,
+            second_order_steps=a.second_order_steps,
+            checkpoint=a.checkpoint,
+            vmap_chunk=cfg.train.vmap_chunk,
+        )
+    except ValueError as e:  # e.g. checkpointing with a rule that cannot run under it
+        raise ConfigError(f"config error: {e}") from None
     return family, algo.to(device=resolve_device(cfg.train.device), dtype=dtype)
 
 
@@ -138,6 +146,8 @@ def choose_path(algo: MetaAlgorithm, setting: str, device: torch.device) -> str:
     tasks usually pays, so vmap."""
     if setting != "auto":
         return setting
+    if algo.checkpoint:
+        return "loop"
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in algo.model.modules())
     if device.type == "cpu" and has_conv:
         return "loop"

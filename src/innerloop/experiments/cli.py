@@ -1,4 +1,4 @@
-"""Command line: ``innerloop train | eval | demo``.
+"""Command line: ``innerloop train | eval | reproduce | upper-bound | plot | demo | data``.
 
 User errors (bad config, missing run, ...) print one line to stderr and exit with status 2.
 """
@@ -9,7 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from innerloop.errors import UserError
+from innerloop.experiments import distributed
 from innerloop.experiments.config import ConfigError, load
 from innerloop.experiments.train import RunInterrupted, TrainingDiverged, evaluate_run, train
 from innerloop.rules import RULES
@@ -47,6 +50,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     except RunInterrupted as e:
         print(f"innerloop: {e} (run directory {out})", file=sys.stderr)
         return 130
+    if not distributed.is_main():  # under torchrun only rank 0 prints the result
+        return 0
     print(format_table([result_row(cfg.name, res)], COLUMNS))
     print(f"run directory: {out}")
     return 0
@@ -76,33 +81,43 @@ DEMO_RUNS = {
 }
 
 
+def _demo_run(name: str, cfg_overrides: list[str], out_root: str, progress: bool) -> dict:
+    cfg = load(None, [f"name={name}", *cfg_overrides])
+    out = Path(out_root) / name
+    if (out / "last.pt").exists():
+        print(f"{name}: reusing {out} (delete it to train again)")
+        return evaluate_run(out)
+    return train(cfg, out, progress=progress)
+
+
+# The glyph run: ANIL (first order) on the embedded glyph benchmark, 5-way 1-shot, 4-CONV-32.
+DEMO_GLYPHS = [
+    "task.name=images", "task.dataset=glyphs", "task.n_way=5", "task.k_shot=1", "task.query=15",
+    "model.name=conv4", "model.channels=32", "rule.name=sgd", "rule.lr=0.4",
+    "algorithm.name=anil", "algorithm.first_order=true", "algorithm.inner_steps=5", "algorithm.eval_inner_steps=10",
+    "train.meta_batch=8", "eval.batch=50",
+]
+
+
 def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
     rows = []
     for name, extra in DEMO_RUNS.items():
-        cfg = load(
-            None,
-            [
-                f"name={name}",
-                "task.name=sine",
-                "task.k_shot=5",
-                "model.hidden=[40, 40]",
-                "rule.lr=0.01",
-                f"train.iterations={args.iterations}",
-                "train.val_every=1000",
-                *extra,
-                *overrides,
-            ],
-        )
-        out = Path(args.out) / name
-        if (out / "last.pt").exists():
-            print(f"{name}: reusing {out} (delete it to train again)")
-            res = evaluate_run(out)
-        else:
-            res = train(cfg, out, progress=not args.no_progress)
+        res = _demo_run(name, ["task.name=sine", "task.k_shot=5", "model.hidden=[40, 40]", "rule.lr=0.01",
+                               f"train.iterations={args.iterations}", "train.val_every=1000", *extra, *overrides],
+                        args.out, not args.no_progress)
         rows.append(result_row(name, res))
     print()
     print(f"Sine regression (ALFA protocol), 1-40-40-1, K=5, 1 inner step, {args.iterations} meta-iterations:")
     print(format_table(rows, COLUMNS))
+    if args.glyph_iterations > 0:
+        its = args.glyph_iterations
+        glyphs = [*DEMO_GLYPHS, f"train.iterations={its}", f"train.val_every={max(1, its // 2)}",
+                  f"train.val_tasks={min(100, args.glyph_tasks)}", f"eval.tasks={args.glyph_tasks}"]
+        res = _demo_run("glyphs-anil-5w1s", glyphs, args.out, not args.no_progress)
+        print()
+        print(f"Glyphs (embedded benchmark), 5-way 1-shot, 4-CONV-32, ANIL (first order), {its} meta-iterations, "
+              "10 inner steps at test:")
+        print(format_table([result_row("glyphs-anil-5w1s", res)], COLUMNS))
     return 0
 
 
@@ -117,6 +132,51 @@ def cmd_data_check(args: argparse.Namespace, overrides: list[str]) -> int:
     text, status = run(root, args.dataset, all_images=args.all_images)
     print(text)
     return status
+
+
+def cmd_upper_bound(args: argparse.Namespace, overrides: list[str]) -> int:
+    from innerloop.experiments.upper_bound import UpperBoundOptions, upper_bound
+
+    cfg = load(args.config, overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-upper-bound"
+    try:
+        opts = UpperBoundOptions(train_points=args.train_points, steps=args.steps, lr=args.lr,
+                                 optimizer=args.optimizer, tasks=args.tasks, data_seed=args.data_seed, init=args.init)
+    except ValidationError as e:
+        raise ConfigError("upper-bound: " + "; ".join(f"--{'-'.join(map(str, x['loc'])).replace('_', '-')}: "
+                                                      f"{x['msg']}" for x in e.errors())) from None
+    res = upper_bound(cfg, out, opts, progress=not args.no_progress)
+    row = {"run": cfg.name, "metric": res["metric"], "value": f"{res['mean']:.4f} ± {res['ci95']:.4f}",
+           "tasks": res["tasks"], "points": res["train_points"], "steps": res["steps"],
+           "train": f"{res['train_loss']:.4g} / {res['train_metric']:.4f}"}
+    print(format_table([row], [("run", "run"), ("metric", "metric"), ("mean ± 95% CI", "value"), ("tasks", "tasks"),
+                               ("train points", "points"), ("steps", "steps"),
+                               ("final train loss / metric", "train")]))
+    print(f"run directory: {out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ConfigError(f"plot takes no config overrides (got {' '.join(overrides)})")
+    from innerloop.experiments import plot
+
+    if args.figure == "table":
+        out = plot.table_figure(args.table, args.out, kind=args.kind, x=args.x, y=args.y, series=args.series,
+                                paper=args.paper, title=args.title)
+    else:
+        for flag in ("steps", "tasks"):
+            if getattr(args, flag) is not None and getattr(args, flag) < 1:
+                raise ConfigError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+        runs = plot.find_runs(args.runs, args.labels)
+        if args.figure == "trace":
+            out = plot.trace_figure(runs, args.out, groups=args.groups, steps=args.steps, tasks=args.tasks,
+                                    title=args.title)
+        else:
+            out = plot.inner_curves_figure(runs, args.out, steps=args.steps, tasks=args.tasks, logy=not args.linear_y,
+                                           title=args.title)
+    print(f"wrote {out}")
+    return 0
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -134,7 +194,10 @@ def make_parser() -> argparse.ArgumentParser:
                        "checkpoint and finally test on fixed tasks.",
                        epilog="Overrides are section.key=value with TOML values, e.g. rule.name=meta_sgd "
                        "model.hidden=[80,80,80] train.iterations=5000. Sections: task, model, rule, "
-                       "algorithm, train, eval. Rules: " + ", ".join(sorted(RULES)) + ".")
+                       "algorithm, train, eval. Rules: " + ", ".join(sorted(RULES)) + ". Several processes: "
+                       "torchrun --nproc-per-node N -m innerloop train CONFIG ... splits each meta-batch "
+                       "(train.meta_batch must be a multiple of N) and validation/test tasks across them; "
+                       "rank 0 writes the run directory.")
     t.add_argument("config", help="config file (.toml or .json)")
     t.add_argument("--out", help="run directory (default: runs/<name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -153,16 +216,21 @@ def make_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="run every row of a table file and write a results report",
                        description="Run the rows of TABLE (skipping finished ones, resuming interrupted "
                        "ones) and write results/<table>.json and results/<table>.md.")
-    r.add_argument("table", help="table file (TOML), e.g. configs/tables/alfa_table8.toml")
+    r.add_argument("table", help="table file (TOML), e.g. configs/tables/alfa_table8.toml, or a bare "
+                   "table name (alfa_table8) for configs/tables/NAME.toml")
     r.add_argument("--scale", default="cpu", help="which scale's overrides to apply (default cpu)")
     r.add_argument("--out", default="results", help="results root (default results/)")
     r.add_argument("--jobs", type=int, default=1, help="rows trained at once (each with 1 thread when > 1)")
     r.add_argument("--rows", nargs="+", help="only these row names")
     r.set_defaults(fn=cmd_reproduce)
 
-    d = sub.add_parser("demo", help="train MAML and Meta-SGD on sine regression and print test MSE",
-                       description="The embedded default: MAML and Meta-SGD on sine (1-40-40-1, K=5).")
-    d.add_argument("--iterations", type=int, default=10000, help="meta-iterations per run (default 10000)")
+    d = sub.add_parser("demo", help="train on the embedded data (sine, glyphs) and print test results",
+                       description="The embedded defaults: MAML and Meta-SGD on sine (1-40-40-1, K=5), then ANIL "
+                       "on the glyph benchmark (5-way 1-shot, 4-CONV-32). Config overrides apply to the sine runs.")
+    d.add_argument("--iterations", type=int, default=10000, help="meta-iterations per sine run (default 10000)")
+    d.add_argument("--glyph-iterations", type=int, default=200,
+                   help="meta-iterations of the glyph run (default 200; 0 skips it)")
+    d.add_argument("--glyph-tasks", type=int, default=600, help="test tasks of the glyph run (default 600)")
     d.add_argument("--out", default="runs/demo", help="where the demo runs go (default runs/demo)")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(fn=cmd_demo)
@@ -179,6 +247,71 @@ def make_parser() -> argparse.ArgumentParser:
     dc.add_argument("--dataset", action="append", help="check only this dataset (repeatable)")
     dc.add_argument("--all-images", action="store_true", help="decode every image, not only the first per class")
     dc.set_defaults(fn=cmd_data_check)
+
+    ub = sub.add_parser("upper-bound", help="train the config's model on each test task alone (an upper bound)",
+                        usage="innerloop upper-bound [-h] [options] config [section.key=value ...]",
+                        description="For each test task of CONFIG (eval.tasks tasks fixed by eval.seed), train a "
+                        "fresh copy of its model to convergence on the task's support set plus --train-points "
+                        "more points drawn from the same task, with full-batch Adam (cosine-annealed lr), and "
+                        "score it on the task's query set. Writes OUT/test.json (mean ± 95% CI) like a trained "
+                        "run. Synthetic task families only (sine, linear).")
+    ub.add_argument("config", help="config file (.toml or .json)")
+    ub.add_argument("--out", help="output directory (default: runs/<name>-upper-bound)")
+    ub.add_argument("--train-points", type=int, default=2000, help="extra points per task (default 2000)")
+    ub.add_argument("--steps", type=int, default=2000, help="full-batch optimizer steps (default 2000)")
+    ub.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    ub.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    ub.add_argument("--tasks", type=int, help="number of test tasks (default: eval.tasks)")
+    ub.add_argument("--data-seed", type=int, default=0, help="seed of the extra points (default 0)")
+    ub.add_argument("--init", metavar="RUN_DIR", help="start from this run's learned θ0 (best.pt) instead of "
+                    "the model's default initialisation")
+    ub.add_argument("--no-progress", action="store_true")
+    ub.set_defaults(fn=cmd_upper_bound)
+
+    pl = sub.add_parser("plot", help="draw PNG figures from runs and results tables",
+                        description="Draw PNG figures (matplotlib) from recorded runs and results tables.")
+    pl_sub = pl.add_subparsers(dest="figure", required=True)
+    runs_help = ("run directories, or directories of runs such as results/<table>/ (rows labelled as in "
+                 "results/<table>.json)")
+    pt = pl_sub.add_parser("trace", help="per-step values a rule reports: ALFA α/β per tensor, MLPLR λ and "
+                           "lr_min-branch share, KFC scale",
+                           description="Plot the per-inner-step trace of each run's test.json (means over test "
+                           "tasks), one panel per quantity and one line per adapted tensor.")
+    pt.add_argument("runs", nargs="+", metavar="RUN_DIR", help=runs_help)
+    pt.add_argument("--groups", nargs="+", metavar="NAME",
+                    help="trace groups to draw, e.g. alpha beta, lr lr_min_branch, scale, support_grad_norm "
+                    "(default: all the rule reports)")
+    pic = pl_sub.add_parser("inner-curves", help="support loss and support-gradient norm per inner update on "
+                            "test tasks, several runs on one axes",
+                            description="Support loss and support-gradient norm after 0, 1, ... inner updates, "
+                            "mean over the test tasks, one line per run (MetaMiDA Fig. 1 style). Without --steps "
+                            "the values come from test.json (the run's evaluation steps); with --steps N the best "
+                            "checkpoint is re-evaluated (test.json is not rewritten).")
+    pic.add_argument("runs", nargs="+", metavar="RUN_DIR", help=runs_help)
+    pic.add_argument("--linear-y", action="store_true", help="linear y axes (default logarithmic)")
+    for sp in (pt, pic):
+        sp.add_argument("--steps", type=int, metavar="N",
+                        help="re-evaluate each run's best checkpoint for curves to N inner updates (N + 1 inner "
+                        "steps, the last one's support loss and gradient being the values after N updates)"
+                        if sp is pic else "re-evaluate each run's best checkpoint with N inner steps")
+        sp.add_argument("--tasks", type=int, help="test tasks for the re-evaluation (default: eval.tasks)")
+        sp.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run")
+    ptab = pl_sub.add_parser("table", help="a metric against a numeric row attribute from results/<table>.json",
+                             description="Plot a results table written by `innerloop reproduce`: the test "
+                             "metric (mean ± 95% CI) against the rows' x (a table row's optional `x = ...`), one "
+                             "line or bar group per `series`.")
+    ptab.add_argument("table", help="results/<table>.json")
+    ptab.add_argument("--kind", choices=["line", "bar"], default="line",
+                      help="lines with error bars (default), or grouped bars (categories: the x values, or the "
+                      "row labels when no row has one)")
+    ptab.add_argument("--x", default="x", help="numeric row attribute on the x axis (default x)")
+    ptab.add_argument("--y", default="mean", help="row attribute on the y axis (default mean, with its 95%% CI)")
+    ptab.add_argument("--series", default="series", help="row attribute naming the line (default series)")
+    ptab.add_argument("--paper", action="store_true", help="also draw the rows' paper figures")
+    for sp in (pt, pic, ptab):
+        sp.add_argument("--out", required=True, metavar="FIG.png", help="output PNG file")
+        sp.add_argument("--title", help="figure title")
+    pl.set_defaults(fn=cmd_plot)
     return p
 
 

@@ -115,6 +115,16 @@ class AlgorithmConfig(Strict):
     eval_inner_steps: PositiveInt | None = None  # default: inner_steps
     first_order: bool = False  # fomaml is maml with first_order = true
     adapt_norm: bool = True  # false: norm scales/shifts are meta-learned but not inner-adapted (ALFA, MAML++)
+    # inner-adapt only the parameters under these name prefixes (e.g. ["body.2"], ["head"]); None: all that the
+    # algorithm adapts. KFO's layer study. Names are those of model.named_parameters().
+    adapt_only: list[str] | None = None
+    # keep the parameters under these name prefixes out of the inner loop (still meta-learned)
+    freeze: list[str] | None = None
+    # memory controls (meta-training only; evaluation needs no graph): second-order terms through only
+    # the last k inner steps (None: all; 0 is first order), and activation checkpointing across inner
+    # steps (loop and threads paths; recomputes each step's forward in the backward pass)
+    second_order_steps: NonNegativeInt | None = None
+    checkpoint: bool = False
 
 
 class TrainConfig(Strict):
@@ -130,7 +140,8 @@ class TrainConfig(Strict):
     log_every: PositiveInt = 100
     checkpoint_every: PositiveInt = 1000
     seed: int = 0
-    execution: Literal["auto", "loop", "vmap"] = "auto"
+    execution: Literal["auto", "loop", "vmap", "threads"] = "auto"
+    vmap_chunk: PositiveInt | None = None  # vmap path: meta-train this many tasks at a time (memory knob)
     device: str = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
 
@@ -222,6 +233,13 @@ def validate(data: dict) -> Config:
         raise ConfigError("config error: " + _format_validation(err, data)) from None
     if cfg.algorithm.name == "fomaml":
         cfg.algorithm.first_order = True
+    a = cfg.algorithm
+    if a.second_order_steps is not None and a.first_order:
+        raise ConfigError("config error: algorithm.second_order_steps needs second-order meta-gradients; "
+                          f"it cannot be combined with {'fomaml' if a.name == 'fomaml' else 'first_order = true'}")
+    if a.checkpoint and cfg.train.execution == "vmap":
+        raise ConfigError("config error: algorithm.checkpoint runs on the loop and threads paths; set "
+                          "train.execution to 'loop', 'threads' or 'auto'")
     return cfg
 
 

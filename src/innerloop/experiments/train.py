@@ -21,6 +21,7 @@ from innerloop.algorithms import EvalOutput, MetaAlgorithm
 from innerloop.data import TaskFamily
 from innerloop.data.prefetch import Prefetcher
 from innerloop.experiments import checkpoint as ckpt
+from innerloop.experiments import distributed
 from innerloop.experiments.build import build, choose_path
 from innerloop.experiments.config import Config, ConfigError, to_dict, validate
 from innerloop.types import Task
@@ -48,13 +49,18 @@ def mean_ci(values: torch.Tensor) -> tuple[float, float]:
 def evaluate_tasks(
     algo: MetaAlgorithm, tasks: Task, *, path: str, batch: int, steps: int | None = None
 ) -> EvalOutput:
-    """Evaluate ``algo`` on every task of ``tasks`` (``batch`` tasks at a time)."""
+    """Evaluate ``algo`` on every task of ``tasks`` (``batch`` tasks at a time).
+
+    In a multi-process run each rank evaluates its contiguous share of the tasks and every rank
+    gets all results, in task order (on the CPU)."""
     dev = next(algo.parameters()).device
     dtype = next(algo.parameters()).dtype
+    lo, hi = distributed.shard(tasks.num_tasks)
     outs = []
-    for i in range(0, tasks.num_tasks, batch):
-        chunk = Task(*(_cast(t[i : i + batch], dev, dtype) for t in tasks))
+    for i in range(lo, hi, batch):
+        chunk = Task(*(_cast(t[i : min(i + batch, hi)], dev, dtype) for t in tasks))
         outs.append(algo.evaluate(chunk, path, steps))
+    outs = distributed.gather_list(outs)
     return EvalOutput(
         torch.cat([o.loss for o in outs]),
         torch.cat([o.metric for o in outs]),
@@ -93,10 +99,12 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 class _Logger:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled
 
     def __call__(self, **row: Any) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -115,8 +123,14 @@ def train(
     state, same random streams); only ``train.iterations`` may differ from the stored config.
     ``stop_at`` ends training after that iteration (as an interruption would) and raises
     :class:`RunInterrupted`.
+
+    Launched by torchrun (``WORLD_SIZE`` > 1) the meta-batch is split across the processes and
+    rank 0 alone writes files; see :mod:`innerloop.experiments.distributed`.
     """
+    distributed.init(cfg.train.device)  # no-op for one process; the group lives until the process exits
+    distributed.check_meta_batch(cfg.train.meta_batch)
     out = Path(out_dir)
+    main = distributed.is_main()
     last, best = out / "last.pt", out / "best.pt"
     if last.exists() and not resume:
         raise ConfigError(f"{out} already holds a run (last.pt); pass --resume to continue it or use another --out")
@@ -130,9 +144,11 @@ def train(
                 f"cannot resume {out}: the config differs from the stored one in {', '.join(changed)} "
                 f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
             )
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.save_json(to_dict(cfg), out / "config.json")
-    log = _Logger(out / "metrics.jsonl")
+    distributed.barrier()  # every rank has checked the run directory before rank 0 writes to it
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.save_json(to_dict(cfg), out / "config.json")
+    log = _Logger(out / "metrics.jsonl", enabled=main)
 
     family, algo = build(cfg)
     device = next(algo.parameters()).device
@@ -161,8 +177,11 @@ def train(
         log(event="resume", iteration=start)
     else:
         log(event="start", path=path, meta_parameters=sum(p.numel() for p in params))
+    distributed.broadcast_module(algo)
 
     def save_last(it: int) -> None:
+        if not main:
+            return
         ckpt.save_torch(
             {
                 "iteration": it,
@@ -182,15 +201,17 @@ def train(
     # batches are drawn ahead in a thread; the checkpoint keeps the generator state after the last
     # batch consumed, so resuming draws the same batches as an uninterrupted run
     feed = Prefetcher(family.sample, tc.meta_batch, gen, tc.prefetch) if start < tc.iterations else None
-    bar = tqdm(total=tc.iterations, initial=start, disable=not progress, desc=cfg.name, dynamic_ncols=True)
+    bar = tqdm(total=tc.iterations, initial=start, disable=not (progress and main), desc=cfg.name,
+               dynamic_ncols=True)
     postfix: dict[str, str] = {}
     it = start
     try:
         while it < tc.iterations:
-            batch = feed.next()
+            batch = distributed.split_batch(feed.next())  # this rank's tasks (all of them for one process)
             batch = Task(*(_cast(t, device, dtype) for t in batch))
             algo.zero_grad(set_to_none=True)
-            stats = algo.meta_backward(batch, path)
+            stats = distributed.mean_stats(algo.meta_backward(batch, path), device)
+            distributed.all_reduce_grads(params)
             if not all(math.isfinite(v) for v in stats.values()):
                 raise TrainingDiverged(
                     f"meta-loss is not finite at iteration {it + 1} ({stats}); lower train.meta_lr or the "
@@ -208,7 +229,8 @@ def train(
                 score = sign * v["mean"]
                 if score > best_score:
                     best_score, best_it = score, it
-                    ckpt.save_torch({"iteration": it, "algorithm": algo.state_dict(), "val": v}, best)
+                    if main:
+                        ckpt.save_torch({"iteration": it, "algorithm": algo.state_dict(), "val": v}, best)
                 log(iteration=it, val=v["mean"], val_ci95=v["ci95"], best_iteration=best_it)
                 postfix["val"] = f"{v['mean']:.4g}"
             if it % tc.checkpoint_every == 0 or it == tc.iterations:
@@ -227,6 +249,7 @@ def train(
             feed.close()
     if not last.exists():  # zero iterations
         save_last(it)
+    distributed.barrier()  # best.pt and last.pt are on disk before any rank reads them
     return evaluate_run(out, extra={
         "iterations": it,
         "train_seconds": seconds_before + time.perf_counter() - t0,
@@ -279,7 +302,7 @@ def evaluate_run(
         path=path,
         **(extra or {}),
     )
-    if write:
+    if write and distributed.is_main():
         ckpt.save_json(res, out / "test.json")
         _Logger(out / "metrics.jsonl")(event="test", **{k: res[k] for k in ("mean", "ci95", "tasks")})
     return res

@@ -1,10 +1,11 @@
 """Convolutional backbones, vmap-safe.
 
 BatchNorm always uses the batch statistics of the current forward (transductive, as in MAML) and
-keeps no running buffers, so nothing is mutated inside ``vmap``. The affine part is applied
-*outside* the batch-norm kernel: under ``vmap`` in torch 2.13 the second-order gradient through
-the native kernel's affine weight and bias is wrong (see docs/architecture.md), while this form
-is exact.
+keeps no running buffers, so nothing is mutated inside ``vmap``. Inside ``torch.func`` transforms
+the affine part is applied *outside* the batch-norm kernel: under ``vmap`` in torch 2.13 the
+second-order gradient through the native kernel's affine weight and bias is wrong (see
+docs/architecture.md), while this form is exact. With plain autograd the fused kernel is exact
+and cheaper, so it is used there.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def _functorch_wrapped(*tensors: Tensor) -> bool:
+    """Whether any tensor is inside a ``torch.func`` transform (vmap / grad)."""
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 
 
 class BatchNorm2d(nn.Module):
@@ -26,6 +32,9 @@ class BatchNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
+        if not _functorch_wrapped(x, self.weight, self.bias):
+            # plain autograd (the loop path): the native kernel's fused affine is exact and cheaper
+            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         x = F.batch_norm(x, None, None, None, None, training=True, eps=self.eps)
         return x * self.weight[:, None, None] + self.bias[:, None, None]
 
@@ -70,8 +79,12 @@ class ConvBlock(nn.Module):
         self.norm = make_norm(cout, norm)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.norm(self.conv(x)))
-        return F.max_pool2d(x, 2) if self.pool == "max" else x
+        x = self.norm(self.conv(x))
+        if self.pool == "max":
+            # max-pooling commutes with the ReLU (both are monotone), values and gradients alike
+            # (up to ties, which the ReLU zeroes anyway); pooling first gives the ReLU 4× fewer elements
+            x = F.max_pool2d(x, 2)
+        return F.relu(x)
 
 
 class SpatialMean(nn.Module):

@@ -44,6 +44,10 @@ class UpdateRule(nn.Module):
     #: the inner loop then computes the support gradient at θ0 and calls :meth:`adjust_init`
     adjusts_init: bool = False
 
+    #: False for rules whose update runs a ``torch.func`` transform (KFO's inner ``vjp``), which
+    #: cannot run under activation checkpointing's saved-tensor hooks
+    supports_checkpoint: bool = True
+
     def adjust_init(self, params: Params, grads: Params, state: State) -> Params:
         """Per-task change of the initial parameters, given the support gradient at θ0."""
         return params
@@ -69,6 +73,7 @@ class Chain(UpdateRule):
         if not rules:
             raise ValueError("Chain needs at least one rule")
         self.rules = nn.ModuleList(rules)
+        self.supports_checkpoint = all(r.supports_checkpoint for r in rules)
 
     def init(self, params: Params) -> State:
         return tuple(r.init(params) for r in self.rules)

@@ -93,6 +93,8 @@ class KroneckerOptimizer(UpdateRule):
         init: ``"identity"`` or ``"perturbed"`` (identity + ``init_noise · N(0, 1)`` per entry).
     """
 
+    supports_checkpoint = False  # the inner adaptation of ξ runs torch.func.vjp
+
     def __init__(
         self,
         shapes: dict[str, torch.Size],
