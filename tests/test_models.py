@@ -111,3 +111,20 @@ def test_norm_parameters_can_stay_out_of_the_inner_loop():
     assert set(res.params) == set(names)
     algo2.meta_backward(_conv_task())
     assert algo.model.body[0].norm.weight.grad.abs().sum() > 0  # still meta-learned
+
+
+def test_fast_max_pool_matches_max_pool2d_to_second_order():
+    import torch.nn.functional as F
+
+    from innerloop.models.conv import max_pool2
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 8, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(max_pool2(x), F.max_pool2d(x, 2))
+    g = torch.randn(3, 4, 4, 3, dtype=torch.float64, requires_grad=True)
+    (a,) = torch.autograd.grad(max_pool2(x), x, g, create_graph=True)
+    (b,) = torch.autograd.grad(F.max_pool2d(x, 2), x, g, create_graph=True)
+    assert torch.equal(a, b)
+    v = torch.randn_like(x)  # second order: d<∂pool/∂x · g, v>/dg
+    assert torch.equal(torch.autograd.grad((a * v).sum(), g)[0], torch.autograd.grad((b * v).sum(), g)[0])
+    assert torch.autograd.gradcheck(max_pool2, (x,)) and torch.autograd.gradgradcheck(max_pool2, (x,))
