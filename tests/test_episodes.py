@@ -93,7 +93,8 @@ def test_conv4_runs_end_to_end_on_an_image_family(tmp_path, toy_dataset):
                       "train.meta_batch=2", "train.val_tasks=3", "eval.tasks=4", "algorithm.inner_steps=2",
                       "rule.name=meta_sgd", "rule.lr=0.1"])
     res = train(cfg, tmp_path / "run", progress=False)
-    assert res["metric"] == "accuracy" and math.isfinite(res["mean"]) and res["path"] == "loop"
+    assert res["metric"] == "accuracy" and math.isfinite(res["mean"])
+    assert res["path"] == ("threads" if torch.get_num_threads() > 1 else "loop")
 
 
 def test_model_and_task_shapes_must_agree(tmp_path):

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed meta-steps (default: 20 sine, 3 conv)")
     p.add_argument("--meta-batch", type=int, default=None)
     p.add_argument("--json", help="also write the rows to this JSON file")
-    p.add_argument("--markdown", help="also write the tables to this Markdown file")
+    p.add_argument("--markdown", help="rewrite the 'bench' section of this Markdown file with the tables")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     a = p.parse_args(argv)
     if a.case:
@@ -131,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)
     if a.markdown:
-        with open(a.markdown, "w") as f:
-            f.write(markdown(rows, argv if argv is not None else sys.argv[1:]))
+        from pathlib import Path
+
+        from innerloop.bench.memory import write_section
+
+        write_section(Path(a.markdown), markdown(rows, argv if argv is not None else sys.argv[1:]), tag="bench")
     return 0
 
 

@@ -140,15 +140,18 @@ def build(cfg: Config, family: TaskFamily | None = None) -> tuple[TaskFamily, Me
 
 
 def choose_path(algo: MetaAlgorithm, setting: str, device: torch.device) -> str:
-    """``loop`` or ``vmap``. ``auto`` follows measurements (docs/performance.md): on a CPU, vmap
-    wins for small fully connected models (sine MLP: ~5 ms vs ~30 ms per meta-batch of 25) and
-    loses, with several times the memory, for convolutional models; on accelerators batching the
-    tasks usually pays, so vmap."""
+    """``loop``, ``threads`` or ``vmap``. ``auto`` follows the measurements in docs/performance.md:
+    on a CPU, vmap wins for small fully connected models (sine MLP: ~5 ms vs ~30 ms per meta-batch
+    of 25); for convolutional models vmap is slower at several times the memory, and ``threads``
+    beats the plain loop by 1.1–1.35× (4-CONV-64, 1- and 5-shot, first and second order, 2 threads)
+    at ~1.4× its memory, so ``threads`` when torch has more than one thread, else ``loop``; on
+    accelerators batching the tasks usually pays, so vmap. Activation checkpointing needs autograd,
+    so it gets the loop instead of vmap."""
     if setting != "auto":
         return setting
-    if algo.checkpoint:
-        return "loop"
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in algo.model.modules())
     if device.type == "cpu" and has_conv:
+        return "threads" if torch.get_num_threads() > 1 else "loop"
+    if algo.checkpoint:
         return "loop"
     return "vmap"

@@ -1,0 +1,116 @@
+"""The peers benchmark's plumbing on a tiny configuration (no timing assertions; the peer libraries
+are optional: their parts are skipped when they are not installed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from innerloop.bench import peers
+from innerloop.bench.peers import (
+    GRAD_REFERENCE,
+    PEERS,
+    REFERENCE,
+    ROWS,
+    grad_diff,
+    installed,
+    markdown,
+    run_case,
+    tiny_config,
+    write_section,
+)
+
+
+def _case(lib, row, **kw):
+    return run_case(lib, tiny_config(row=row, **kw), repeats=1, warmup=1)
+
+
+@pytest.mark.parametrize("row", list(ROWS))
+def test_ours_matches_the_plain_pytorch_reference(row):
+    ours, ref = _case(GRAD_REFERENCE, row), _case(REFERENCE, row)
+    assert ours["status"] == ref["status"] == "ok"
+    assert ours["median_s"] > 0 and ours["peak_rss_mb"] > 0 and ours["tasks_per_s"] > 0
+    keys = set(ours["grads"])
+    assert {k for k in keys if not k.startswith("alpha:")} == {n for n, _ in peers.make_problem(tiny_config())[0]
+                                                               .named_parameters()}
+    assert any(k.startswith("alpha:") for k in keys) == (ROWS[row].rule == "meta_sgd")
+    diff, rel = grad_diff(ref["grads"], ours["grads"])
+    assert diff < 1e-5, diff
+    assert max(g.abs().max().item() for g in ours["grads"].values()) > 1e-4  # not comparing zeros
+
+
+def test_grad_diff_sees_a_difference():
+    a = {"w": torch.tensor([1.0, -2.0]), "b": torch.tensor([0.5])}
+    b = {"w": torch.tensor([1.0, -2.5]), "b": None}
+    assert grad_diff(a, a) == (0.0, 0.0)
+    diff, rel = grad_diff(b, a)
+    assert diff == pytest.approx(0.5) and rel == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        grad_diff({"w": a["w"]}, a)
+
+
+@pytest.mark.parametrize("path", [p for p in peers.our_paths() if p != "loop"] + ["no-such-path"])
+def test_every_listed_path_runs_or_is_reported_unavailable(path):
+    r = _case(f"ours:{path}", "1shot-so")
+    if path == "no-such-path":
+        assert r["status"] == "n/a" and peers.ours_path_problem(path)
+        return
+    if r["status"] == "n/a":
+        pytest.skip(f"path {path!r} not in this version: {r['note']}")
+    assert r["status"] == "ok"
+    diff, _ = grad_diff(r["grads"], _case(GRAD_REFERENCE, "1shot-so")["grads"])
+    assert diff < 1e-5
+
+
+@pytest.mark.parametrize("lib", list(PEERS))
+@pytest.mark.parametrize("row", ["1shot-so", "1shot-fo", "5shot-so", "metasgd-1shot-so"])
+def test_peer_meta_gradient_matches_ours(lib, row):
+    if not installed(lib):
+        r = _case(lib, row)
+        assert r["status"] == "not installed"
+        pytest.skip(f"{lib} is not installed (make peers)")
+    r = _case(lib, row)
+    assert r["status"] == "ok", r.get("note")
+    diff, _ = grad_diff(r["grads"], _case(GRAD_REFERENCE, row)["grads"])
+    assert diff < 1e-5
+
+
+def test_float64_meta_gradients_agree_tightly_and_the_default_dtype_is_restored():
+    before = torch.get_default_dtype()
+    libs = [GRAD_REFERENCE, REFERENCE, "ours:vmap", *(lib for lib in PEERS if installed(lib))]
+    res = {lib: _case(lib, "5shot-so", dtype="float64", steps=2) for lib in libs}
+    assert torch.get_default_dtype() == before
+    ref = res[GRAD_REFERENCE]["grads"]
+    assert all(g.dtype == torch.float64 for g in ref.values())
+    for lib, r in res.items():
+        assert grad_diff(r["grads"], ref)[0] < 1e-10, lib
+
+
+@pytest.mark.parametrize("lib", list(PEERS))
+def test_a_missing_peer_is_reported_not_installed(lib, monkeypatch):
+    real = peers.importlib.util.find_spec
+    monkeypatch.setattr(peers.importlib.util, "find_spec", lambda name, *a: None if name == PEERS[lib][0]
+                        else real(name, *a))
+    assert not installed(lib)
+    assert _case(lib, "1shot-fo")["status"] == "not installed"
+
+
+def test_markdown_section_is_rewritten_in_place(tmp_path):
+    ok = _case(GRAD_REFERENCE, "1shot-fo")
+    ok.update(grads=None)
+    rows = [ok, {"library": "higher", "row": "1shot-fo", "meta_batch": 2, "version": "",
+                 "status": "not installed", "note": ""}]
+    info = {**peers.machine_info(1), "load_end": (0.0, 0.0, 0.0), "repeats": 1, "warmup": 1}
+    body = markdown(rows, info, ["higher", GRAD_REFERENCE], "python -m innerloop.bench.peers --meta-batch 2")
+    assert "| 1-shot, 1st order | not installed |" in body and "--meta-batch 2" in body
+
+    doc = tmp_path / "perf.md"
+    doc.write_text("# Performance\n\nkept above\n")
+    write_section(doc, "first")  # no markers yet: appended with them
+    text = doc.read_text()
+    assert text.startswith("# Performance\n\nkept above\n") and "first" in text
+    doc.write_text(text + "\nkept below\n")
+    write_section(doc, body)
+    text = doc.read_text()
+    assert "first" not in text and body in text and text.count(peers.SECTION_START) == 1
+    assert text.startswith("# Performance\n\nkept above\n") and text.endswith("kept below\n")
