@@ -20,6 +20,7 @@ from innerloop.experiments.cli import main
 from innerloop.experiments.config import ConfigError, load
 from innerloop.experiments.reproduce import read_table, reproduce, resolve_table, row_config
 from innerloop.types import Task
+from test_reproduce import BASE
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = sorted((ROOT / "configs" / "tables").glob("*.toml"))
@@ -199,17 +200,6 @@ name = "msgd"
 overrides = ["rule.name=meta_sgd"]
 """
 
-BASE = """
-[model]
-hidden = [4]
-[task]
-query = 5
-[train]
-meta_batch = 2
-val_tasks = 3
-[eval]
-tasks = 4
-"""
 
 
 @pytest.fixture
