@@ -48,7 +48,7 @@ from innerloop.types import Task
 #: ``MetaAlgorithm`` gains a path; paths in the algorithm's module-level ``PATHS`` are added after
 #: these (see :func:`our_paths`), and a listed path the installed algorithm does not know (it raises
 #: ``ValueError``, or ``PATHS`` omits it) is reported as "n/a" instead of failing.
-OUR_PATHS: list[str] = ["loop", "vmap", "grouped"]
+OUR_PATHS: list[str] = ["loop", "threads", "vmap"]
 
 #: Peer libraries: column name -> (import name, display name).
 PEERS: dict[str, tuple[str, str]] = {
