@@ -1,7 +1,7 @@
 """Meta-algorithms: how the meta-gradient is formed. They own the trajectory, not a step's maths.
 
 A meta-algorithm holds the model (its parameters are θ0), the update rule and the geometry, and
-runs a meta-batch through one of two execution paths that compute the same numbers:
+runs a meta-batch through one of three execution paths that compute the same numbers:
 
 * ``"loop"``: a Python loop over tasks, each task's query loss back-propagated as soon as it is
   computed (so only one task's graph is alive at a time);
