@@ -46,13 +46,18 @@ _tls = threading.local()
 def _thread_model(model: nn.Module) -> nn.Module:
     """``model`` itself, or in a worker thread of the ``threads`` path a private copy of it:
     ``functional_call`` swaps a module's tensors while it runs, so two threads must not share one
-    module. The copy's own tensors are never read (every parameter and buffer is passed in)."""
+    module. The copy's own tensors are never read (every parameter and buffer is passed in). The
+    cache lives as long as the worker thread, i.e. one meta-batch."""
     if not getattr(_tls, "worker", False):
         return model
     cache = _tls.__dict__.setdefault("models", {})
     hit = cache.get(id(model))
     if hit is None or hit[0] is not model:
-        hit = cache[id(model)] = (model, copy.deepcopy(model))
+        # the copy's tensors are placeholders (functional_call replaces every one of them), so the
+        # copy costs the module structure only, not the weights
+        memo = {id(t): nn.Parameter(t.new_empty(0), requires_grad=t.requires_grad) for t in model.parameters()}
+        memo.update({id(b): b.new_empty(0) for b in model.buffers()})
+        hit = cache[id(model)] = (model, copy.deepcopy(model, memo))
     return hit[1]
 
 
