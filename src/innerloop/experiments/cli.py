@@ -1,4 +1,4 @@
-"""Command line: ``innerloop train | eval | reproduce | upper-bound | plot | demo | data``.
+"""Command line: ``innerloop train | eval | reproduce | report | upper-bound | plot | demo | data``.
 
 User errors (bad config, missing run, ...) print one line to stderr and exit with status 2.
 """
@@ -156,6 +156,16 @@ def cmd_upper_bound(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, overrides: list[str]) -> int:
+    if overrides:
+        raise ConfigError(f"report takes no config overrides (got {' '.join(overrides)})")
+    from innerloop.experiments.report import write_report
+
+    command = " ".join(["innerloop report", *args.tables, "--results", args.results, "--out", args.out])
+    print(f"wrote {write_report(args.tables, args.results, args.out, command=command)}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise ConfigError(f"plot takes no config overrides (got {' '.join(overrides)})")
@@ -267,6 +277,15 @@ def make_parser() -> argparse.ArgumentParser:
                     "the model's default initialisation")
     ub.add_argument("--no-progress", action="store_true")
     ub.set_defaults(fn=cmd_upper_bound)
+
+    rp = sub.add_parser("report", help="write one Markdown report (tables + the papers' claims) from results/",
+                        description="Collect the results tables written by `innerloop reproduce` into one Markdown "
+                        "file, with each table's [[claim]] entries checked (difference of means ± a conservative "
+                        "95% interval).")
+    rp.add_argument("tables", nargs="*", help="table names (default: every results/*.json)")
+    rp.add_argument("--results", default="results", help="results root (default results/)")
+    rp.add_argument("--out", default="docs/RESULTS.md", help="report file (default docs/RESULTS.md)")
+    rp.set_defaults(fn=cmd_report)
 
     pl = sub.add_parser("plot", help="draw PNG figures from runs and results tables",
                         description="Draw PNG figures (matplotlib) from recorded runs and results tables.")

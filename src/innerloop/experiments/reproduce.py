@@ -63,6 +63,15 @@ class Row(BaseModel):
     series: str | None = None  # for plots: the line / bar group of the row
 
 
+class Claim(BaseModel):
+    """A paper's claim that one row beats another, checked by ``innerloop report``."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str  # e.g. "ALFA+MAML beats MAML (K=5)"
+    better: str  # the row claimed to be better
+    than: str  # the row it is claimed to beat
+
+
 class Table(BaseModel):
     model_config = ConfigDict(extra="forbid")
     title: str
@@ -71,6 +80,7 @@ class Table(BaseModel):
     row: list[Row]
     notes: str = ""
     x_label: str = ""  # for plots: what the rows' x is
+    claim: list[Claim] = []  # claims of the paper, checked by `innerloop report`
 
 
 def read_table(path: str | Path) -> Table:
@@ -87,6 +97,12 @@ def read_table(path: str | Path) -> Table:
             raise ConfigError(f"bad table file {p}: row {r.name!r} has overrides for scale(s) {', '.join(unknown)} "
                               f"that the table does not define (it has: {', '.join(table.scale)})")
     _check_rows(p, table)
+    names = {r.name for r in table.row}
+    for c in table.claim:
+        missing = [n for n in (c.better, c.than) if n not in names]
+        if missing:
+            raise ConfigError(f"bad table file {p}: claim {c.text!r} names unknown row(s) {', '.join(missing)} "
+                              f"(rows: {', '.join(sorted(names))})")
     return table
 
 

@@ -1,0 +1,74 @@
+"""``innerloop report``: tables copied from results JSON, claims checked with a verdict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from innerloop.experiments.cli import main
+from innerloop.experiments.config import ConfigError
+from innerloop.experiments.report import check_claim
+
+TABLE = """
+title = "Tiny"
+base = "base.toml"
+[[row]]
+name = "a"
+[[row]]
+name = "b"
+[[row]]
+name = "c"
+[[claim]]
+text = "a beats b"
+better = "a"
+than = "b"
+[[claim]]
+text = "b beats a"
+better = "b"
+than = "a"
+[[claim]]
+text = "c beats a"
+better = "c"
+than = "a"
+"""
+
+
+def _row(name, mean, ci, metric="mse"):
+    return {"name": name, "label": name, "paper": None, "mean": mean, "ci95": ci, "metric": metric, "tasks": 600}
+
+
+def test_claim_verdicts_follow_the_metric_direction():
+    rows = {"a": _row("a", 0.5, 0.05), "b": _row("b", 0.8, 0.05), "c": _row("c", 0.52, 0.05)}
+    assert check_claim(rows, "a", "b")[0] == "yes"  # lower mse is better
+    assert check_claim(rows, "b", "a")[0] == "no"
+    assert check_claim(rows, "c", "a")[0] == "not resolved"
+    acc = {"a": _row("a", 0.9, 0.01, "accuracy"), "b": _row("b", 0.8, 0.01, "accuracy")}
+    verdict, detail = check_claim(acc, "a", "b")
+    assert verdict == "yes" and "+0.1000 ± 0.0141" in detail
+    assert check_claim({"a": acc["a"]}, "a", "b")[0] == "not run yet"
+
+
+def test_report_writes_tables_and_claims(tmp_path, capsys):
+    (tmp_path / "tiny.toml").write_text(TABLE)
+    res = tmp_path / "results"
+    res.mkdir()
+    report = {"title": "Tiny", "table": str(tmp_path / "tiny.toml"), "scale": "cpu", "scale_overrides": [], "notes": "",
+              "rows": [_row("a", 0.5, 0.05), _row("b", 0.8, 0.05), {"name": "c", "label": "c", "paper": 0.3,
+                                                                     "not_run": True}]}
+    (res / "tiny.json").write_text(json.dumps(report))
+    out = tmp_path / "docs" / "RESULTS.md"
+    assert main(["report", "--results", str(res), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "### Tiny" in text and "| a beats b | yes |" in text and "| b beats a | no |" in text
+    assert "| c beats a | not run yet |" in text and "| c | not run yet | 0.3 |" in text
+
+
+def test_bad_claims_and_missing_results_are_clear_errors(tmp_path):
+    from innerloop.experiments.reproduce import read_table
+
+    (tmp_path / "bad.toml").write_text(TABLE.replace('than = "b"', 'than = "zz"'))
+    with pytest.raises(ConfigError, match="unknown row"):
+        read_table(tmp_path / "bad.toml")
+    assert main(["report", "nope", "--results", str(tmp_path), "--out", str(tmp_path / "r.md")]) == 2
+    assert main(["report", "--results", str(tmp_path / "empty"), "--out", str(tmp_path / "r.md")]) == 2
