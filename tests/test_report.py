@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,36 @@ def test_bad_claims_and_missing_results_are_clear_errors(tmp_path):
         read_table(tmp_path / "bad.toml")
     assert main(["report", "nope", "--results", str(tmp_path), "--out", str(tmp_path / "r.md")]) == 2
     assert main(["report", "--results", str(tmp_path / "empty"), "--out", str(tmp_path / "r.md")]) == 2
+
+
+def test_report_lists_rows_run_and_draws_figures(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fig = "docs/figures/tiny.png"
+    cmd = f"innerloop plot table results/tiny.json --out {fig}"
+    entry = f'[[figure]]\nfile = "{fig}"\ncommand = "{cmd}"\ncaption = "MSE by x."\n'
+    (tmp_path / "tiny.toml").write_text(TABLE + entry)
+    Path("results").mkdir()
+    rows = [{**_row("a", 0.5, 0.05), "x": 1, "series": "s", "train_seconds": 120.0},
+            {**_row("b", 0.8, 0.05), "x": 2, "series": "s", "train_seconds": 60.0},
+            {"name": "c", "label": "c", "paper": None, "not_run": True}]
+    report = {"title": "Tiny", "table": "tiny.toml", "scale": "cpu", "scale_overrides": [], "notes": "", "rows": rows}
+    Path("results/tiny.json").write_text(json.dumps(report))
+    assert main(["report", "--out", "docs/RESULTS.md"]) == 0
+    text = Path("docs/RESULTS.md").read_text()
+    assert "2 of 3, 3 min of training" in text and "`innerloop reproduce tiny --rows a b`" in text
+    assert f"Figure `{fig}` not drawn yet" in text and not Path(fig).exists()
+    assert main(["report", "--out", "docs/RESULTS.md", "--draw"]) == 0
+    text = Path("docs/RESULTS.md").read_text()
+    assert Path(fig).stat().st_size > 0 and "![MSE by x.](figures/tiny.png)" in text and f"Drawn by `{cmd}`" in text
+
+
+def test_figure_commands_must_be_plot_commands_writing_the_file(tmp_path):
+    from innerloop.experiments.reproduce import read_table
+
+    (tmp_path / "t.toml").write_text(TABLE + '[[figure]]\nfile = "a.png"\ncommand = "innerloop train x --out a.png"\n')
+    with pytest.raises(ConfigError, match="must be `innerloop plot"):
+        read_table(tmp_path / "t.toml")
+    other = '[[figure]]\nfile = "a.png"\ncommand = "innerloop plot table r.json --out b.png"\n'
+    (tmp_path / "t.toml").write_text(TABLE + other)
+    with pytest.raises(ConfigError, match="must be `innerloop plot"):
+        read_table(tmp_path / "t.toml")

@@ -161,8 +161,9 @@ def cmd_report(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ConfigError(f"report takes no config overrides (got {' '.join(overrides)})")
     from innerloop.experiments.report import write_report
 
-    command = " ".join(["innerloop report", *args.tables, "--results", args.results, "--out", args.out])
-    print(f"wrote {write_report(args.tables, args.results, args.out, command=command)}")
+    command = " ".join(["innerloop report", *args.tables, "--results", args.results, "--out", args.out,
+                        *(["--draw"] if args.draw else [])])
+    print(f"wrote {write_report(args.tables, args.results, args.out, command=command, draw=args.draw)}")
     return 0
 
 
@@ -281,10 +282,12 @@ def make_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write one Markdown report (tables + the papers' claims) from results/",
                         description="Collect the results tables written by `innerloop reproduce` into one Markdown "
                         "file, with each table's [[claim]] entries checked (difference of means ± a conservative "
-                        "95% interval).")
+                        "95% interval), the rows run and their training time, and the table's [[figure]] entries.")
     rp.add_argument("tables", nargs="*", help="table names (default: every results/*.json)")
     rp.add_argument("--results", default="results", help="results root (default results/)")
     rp.add_argument("--out", default="docs/RESULTS.md", help="report file (default docs/RESULTS.md)")
+    rp.add_argument("--draw", action="store_true", help="first draw every figure the tables list ([[figure]]) "
+                    "by running its `innerloop plot` command")
     rp.set_defaults(fn=cmd_report)
 
     pl = sub.add_parser("plot", help="draw PNG figures from runs and results tables",

@@ -19,7 +19,10 @@ A table file (TOML) names a base config, per-scale overrides and rows::
 A row with ``kind = "upper_bound"`` is not meta-trained: ``innerloop upper-bound`` trains the row's
 model on each test task alone (options in ``upper_bound = {train_points = 2000, steps = 1000}``;
 ``init`` names another row whose learned θ0 to start from; these rows run after the others).
-The table's optional ``x_label`` names the x axis of its plot.
+The table's optional ``x_label`` names the x axis of its plot. ``[[claim]]`` entries (``text``,
+``better``, ``than``: two row names) are the paper's claims that ``innerloop report`` checks, and
+``[[figure]]`` entries (``file``, ``caption``, ``command = "innerloop plot ... --out FILE"``) the
+figures it shows (``innerloop report --draw`` runs their commands first).
 
 ``innerloop reproduce NAME`` also takes a bare table name: ``configs/tables/NAME.toml`` (looked up
 from the working directory, then from the source tree).
@@ -72,6 +75,15 @@ class Claim(BaseModel):
     than: str  # the row it is claimed to beat
 
 
+class Figure(BaseModel):
+    """A figure drawn from this table's results by an ``innerloop plot`` command, shown by ``innerloop report``."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str  # the PNG, relative to the working directory the commands run in (the repository root)
+    command: str  # the `innerloop plot ...` command that draws it (run by `innerloop report --draw`)
+    caption: str = ""
+
+
 class Table(BaseModel):
     model_config = ConfigDict(extra="forbid")
     title: str
@@ -81,6 +93,7 @@ class Table(BaseModel):
     notes: str = ""
     x_label: str = ""  # for plots: what the rows' x is
     claim: list[Claim] = []  # claims of the paper, checked by `innerloop report`
+    figure: list[Figure] = []  # figures drawn from the results, shown by `innerloop report`
 
 
 def read_table(path: str | Path) -> Table:
@@ -103,6 +116,11 @@ def read_table(path: str | Path) -> Table:
         if missing:
             raise ConfigError(f"bad table file {p}: claim {c.text!r} names unknown row(s) {', '.join(missing)} "
                               f"(rows: {', '.join(sorted(names))})")
+    for f in table.figure:
+        words = f.command.split()
+        if words[:2] != ["innerloop", "plot"] or "--out" not in words or f.file not in words:
+            raise ConfigError(f"bad table file {p}: figure {f.file!r}: its command must be `innerloop plot ... "
+                              f"--out {f.file}` (got {f.command!r})")
     return table
 
 
