@@ -40,15 +40,13 @@ def check_claim(rows: dict[str, dict[str, Any]], better: str, than: str) -> tupl
 def run_summary(name: str, report: dict[str, Any]) -> str:
     """Which rows ran, their summed training time and the command that reproduces them."""
     rows = [r for r in report["rows"] if "mean" in r]
-    total = len(report["rows"])
-    secs = sum(r.get("train_seconds") or 0.0 for r in rows)
-    scale = "" if report["scale"] == "cpu" else f" --scale {report['scale']}"
-    if len(rows) == total:
-        command = f"innerloop reproduce {name}{scale}"
-    else:
-        command = f"innerloop reproduce {name}{scale} --rows {' '.join(r['name'] for r in rows)}"
     if not rows:
         return f"No row of this table has been run at scale `{report['scale']}`."
+    total = len(report["rows"])
+    secs = sum(r.get("train_seconds") or 0.0 for r in rows)
+    command = f"innerloop reproduce {name}" + ("" if report["scale"] == "cpu" else f" --scale {report['scale']}")
+    if len(rows) < total:
+        command += f" --rows {' '.join(r['name'] for r in rows)}"
     return (f"Rows run at scale `{report['scale']}`: {len(rows)} of {total}, {secs / 60:.0f} min of training in "
             f"all (the rows' train times summed; testing not included). Reproduced by `{command}`.")
 
@@ -59,8 +57,8 @@ def figure_lines(figures: list[Any], out_dir: Path) -> list[str]:
         path = Path(f.file)
         if path.is_file():
             rel = os.path.relpath(path.resolve(), out_dir.resolve())
-            lines += ["", f"![{f.caption or path.stem}]({rel})", "", f"*{f.caption}* Drawn by `{f.command}`."
-                      if f.caption else f"Drawn by `{f.command}`."]
+            caption = f"*{f.caption}* " if f.caption else ""
+            lines += ["", f"![{f.caption or path.stem}]({rel})", "", f"{caption}Drawn by `{f.command}`."]
         else:
             lines += ["", f"Figure `{f.file}` not drawn yet (`{f.command}`, or `innerloop report --draw`)."]
     return lines
@@ -75,10 +73,9 @@ def draw_figures(figures: list[Any]) -> None:
             raise ConfigError(f"figure {f.file} could not be drawn by `{f.command}` (its error is above)")
 
 
-def table_section(results_json: Path, table_file: Path | None, out_dir: Path | None = None,
+def table_section(name: str, report: dict[str, Any], table_file: Path | None, out_dir: Path | None = None,
                   draw: bool = False) -> str:
-    report = json.loads(results_json.read_text())
-    out = [markdown(report), run_summary(results_json.stem, report)]
+    out = [markdown(report), run_summary(name, report)]
     table = read_table(table_file) if table_file is not None and table_file.is_file() else None
     claims = table.claim if table is not None else []
     if claims:
@@ -111,20 +108,21 @@ def write_report(names: list[str], results_root: str | Path, out: str | Path, *,
         "drawn by the `innerloop plot` command under each (`innerloop report --draw` runs them all).",
         "",
     ]
-    tables: list[tuple[Path, Path | None]] = []
+    tables: list[tuple[str, dict[str, Any], Path | None]] = []
     for name in names:  # every table is checked before anything is drawn or written
         res = root / f"{name}.json"
         if not res.is_file():
             raise ConfigError(f"no results for table {name!r}: {res} does not exist (run `innerloop reproduce {name}`)")
-        table_file: Path | None = Path(json.loads(res.read_text()).get("table", ""))
+        report = json.loads(res.read_text())
+        table_file: Path | None = Path(report.get("table", ""))
         if not table_file.is_file():
             try:
                 table_file = resolve_table(name)
             except ConfigError:
                 table_file = None
-        tables.append((res, table_file))
+        tables.append((name, report, table_file))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    parts += [table_section(res, table_file, path.parent, draw) for res, table_file in tables]
+    parts += [table_section(name, report, table_file, path.parent, draw) for name, report, table_file in tables]
     path.write_text("\n".join(parts))
     return path

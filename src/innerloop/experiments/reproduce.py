@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -117,7 +118,7 @@ def read_table(path: str | Path) -> Table:
             raise ConfigError(f"bad table file {p}: claim {c.text!r} names unknown row(s) {', '.join(missing)} "
                               f"(rows: {', '.join(sorted(names))})")
     for f in table.figure:
-        words = f.command.split()
+        words = shlex.split(f.command)  # as `innerloop report --draw` will split it
         if words[:2] != ["innerloop", "plot"] or "--out" not in words or f.file not in words:
             raise ConfigError(f"bad table file {p}: figure {f.file!r}: its command must be `innerloop plot ... "
                               f"--out {f.file}` (got {f.command!r})")
