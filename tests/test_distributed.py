@@ -188,3 +188,25 @@ def test_gradient_all_reduce_and_gather(two_ranks):
         assert o["stats"] == {"loss": 0.5}
         assert o["gathered"] == [0, 1, 2, 3, 4]  # uneven shares (3 + 2), in rank order
         assert o["main"] == (r == 0)
+
+
+DYING_PEER = r"""
+import os, torch
+from innerloop.experiments import distributed as d
+d.EXIT_TIMEOUT = 2.0
+d.init("cpu")
+a = torch.nn.Parameter(torch.zeros(3))
+a.grad = torch.ones(3)
+d.all_reduce_grads([a])
+if d.rank() == 1:
+    os._exit(0)  # leaves without meeting its peer at exit
+print("done")
+"""
+
+
+def test_exit_does_not_hang_when_a_peer_left(tmp_path):
+    """Ranks meet before tearing the group down; a peer that is gone costs the exit timeout, not a hang."""
+    res = _launch(2, ["-c", DYING_PEER], tmp_path, timeout=60)
+    assert [r[0] for r in res] == [0, 0], [r[2][-2000:] for r in res]
+    assert res[0][1].strip() == "done"
+    assert "failed to pass monitoredBarrier" in res[0][2]

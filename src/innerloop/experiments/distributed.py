@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -121,9 +122,22 @@ def init(device: str) -> bool:
     return True
 
 
+EXIT_TIMEOUT = 60.0  # seconds a rank waits for its peers at exit
+
+
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Tear the process group down at exit, after the ranks meet: a gloo rank that destroys its group
+    while a peer is still inside a collective can abort the peer ("terminate called without an active
+    exception"). The meeting has a timeout and its failure is ignored, so a rank whose peer died
+    still exits."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo" and dist.get_world_size() > 1:
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=EXIT_TIMEOUT))
+        except RuntimeError:
+            pass
+    dist.destroy_process_group()
 
 
 def barrier() -> None:
