@@ -182,6 +182,29 @@ def test_all_zero_heads_never_learn_their_weights():
     assert all(w.grad.abs().sum() == 0 for w in head.factors)
 
 
+def test_released_zero_heads_option_learns_only_biases_and_one_mode_heads():
+    """``heads = "zero"`` (the released initialisation): g is the identity, the heads' biases learn,
+    a head for a 1-D tensor (one mode) learns its factor, and a head for a tensor of two or more
+    modes keeps every factor at zero, even after a meta-step."""
+    algo, batch = make("sgd", "maml", "sine", geometry_name="mirror", geometry_kwargs={"heads": "zero"})
+    assert all(torch.equal(w, torch.zeros_like(w)) for h in heads(algo.geometry).values() for w in h.factors)
+    z = {n: p.detach() for n, p in algo.model.named_parameters()}
+    g = algo.geometry(z)
+    assert all(torch.equal(g[n], z[n]) for n in z)
+    for _ in range(2):
+        algo.zero_grad()
+        algo.meta_backward(batch)
+        for name, head in heads(algo.geometry).items():
+            assert head.bias.grad.abs().sum() > 0, name
+            moved = [w.grad.abs().sum() > 0 for w in head.factors]
+            assert all(moved) if len(head.factors) == 1 else not any(moved), name
+        with torch.no_grad():
+            for p in algo.parameters():
+                p.sub_(0.1 * p.grad)
+    with pytest.raises(ConfigError, match="geometry.heads"):
+        load(None, ["geometry.name=mirror", "geometry.heads=ones"])
+
+
 # ---- execution paths and meta-gradients ------------------------------------------------------
 @pytest.mark.parametrize("family", ["sine", "linear"])
 @pytest.mark.parametrize("algo_name", ["maml", "fomaml", "anil", "random_init"])

@@ -13,7 +13,16 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+)
 
 from innerloop.errors import UserError
 from innerloop.geometry import GEOMETRIES
@@ -132,6 +141,13 @@ class TrainConfig(Strict):
     meta_batch: PositiveInt = 25
     optimizer: Literal["adam", "sgd"] = "adam"
     meta_lr: PositiveFloat = 1e-3
+    # meta-lr of the update rule's and the geometry's own parameters (the learned optimizer); None: meta_lr
+    rule_meta_lr: PositiveFloat | None = None
+    momentum: NonNegativeFloat = 0.0  # sgd only (MetaMiDA's released code: 0.9 with nesterov on miniImageNet)
+    nesterov: bool = False  # sgd only, needs momentum > 0
+    weight_decay: NonNegativeFloat = 0.0  # L2 added to the meta-gradient, as torch.optim.SGD / Adam do
+    lr_step: PositiveInt | None = None  # every lr_step iterations multiply every meta-lr by lr_gamma (StepLR)
+    lr_gamma: PositiveFloat = 0.1
     clip_grad_norm: PositiveFloat | None = None  # clip the meta-gradient's global norm (off by default)
     prefetch: NonNegativeInt = 2  # meta-batches sampled ahead in a background thread (0: none)
     val_every: PositiveInt = 1000
@@ -240,6 +256,12 @@ def validate(data: dict) -> Config:
     if a.checkpoint and cfg.train.execution == "vmap":
         raise ConfigError("config error: algorithm.checkpoint runs on the loop and threads paths; set "
                           "train.execution to 'loop', 'threads' or 'auto'")
+    t = cfg.train
+    if t.optimizer != "sgd" and (t.momentum or t.nesterov):
+        raise ConfigError("config error: train.momentum and train.nesterov are options of train.optimizer = 'sgd' "
+                          f"(got optimizer {t.optimizer!r})")
+    if t.nesterov and not t.momentum:
+        raise ConfigError("config error: train.nesterov needs train.momentum > 0")
     return cfg
 
 

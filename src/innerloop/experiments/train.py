@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from innerloop.algorithms import EvalOutput, MetaAlgorithm
@@ -23,7 +24,7 @@ from innerloop.data.prefetch import Prefetcher
 from innerloop.experiments import checkpoint as ckpt
 from innerloop.experiments import distributed
 from innerloop.experiments.build import build, choose_path
-from innerloop.experiments.config import Config, ConfigError, to_dict, validate
+from innerloop.experiments.config import Config, ConfigError, TrainConfig, to_dict, validate
 from innerloop.types import Task
 
 #: keys of the config that may change when a run is resumed
@@ -109,6 +110,30 @@ class _Logger:
             f.write(json.dumps(row) + "\n")
 
 
+def make_optimizer(algo: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer | None:
+    """The outer optimizer of ``algo.meta_parameters()``, or None when there is nothing to learn.
+
+    With ``rule_meta_lr`` set there are two parameter groups: the model's (its meta-learned
+    initialisation, lr ``meta_lr``) and the rest, i.e. the update rule's and the geometry's (lr
+    ``rule_meta_lr``); otherwise one group (so earlier checkpoints resume unchanged).
+    """
+    params = algo.meta_parameters()
+    if not params:  # random init + plain SGD (ALFA's "Random" row): nothing to train, only test
+        return None
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if tc.rule_meta_lr is not None:
+        model_ids = {id(p) for p in algo.model.parameters()}
+        groups = [
+            {"params": [p for p in params if id(p) in model_ids], "lr": tc.meta_lr},
+            {"params": [p for p in params if id(p) not in model_ids], "lr": tc.rule_meta_lr},
+        ]
+        groups = [g for g in groups if g["params"]]
+    if tc.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=tc.meta_lr, weight_decay=tc.weight_decay)
+    return torch.optim.SGD(groups, lr=tc.meta_lr, momentum=tc.momentum, nesterov=tc.nesterov,
+                           weight_decay=tc.weight_decay)
+
+
 def train(
     cfg: Config,
     out_dir: str | Path,
@@ -157,8 +182,8 @@ def train(
     tc = cfg.train
     params = algo.meta_parameters()
     # No meta-parameters (random init + plain SGD, ALFA's "Random" row): nothing to train, only test.
-    opt_cls = torch.optim.Adam if tc.optimizer == "adam" else torch.optim.SGD
-    opt = opt_cls(params, lr=tc.meta_lr) if params else None
+    opt = make_optimizer(algo, tc)
+    sched = torch.optim.lr_scheduler.StepLR(opt, tc.lr_step, tc.lr_gamma) if opt is not None and tc.lr_step else None
     gen = torch.Generator().manual_seed(tc.seed)
     val_tasks = family.for_split("val").fixed_tasks(tc.val_tasks, tc.val_seed)
     sign = 1.0 if family.higher_is_better else -1.0
@@ -169,6 +194,8 @@ def train(
         algo.load_state_dict(state["algorithm"])
         if opt is not None:
             opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start, best_score, best_it = state["iteration"], state["best_score"], state["best_iteration"]
@@ -187,6 +214,7 @@ def train(
                 "iteration": it,
                 "algorithm": algo.state_dict(),
                 "optimizer": opt.state_dict() if opt is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
                 "generator": feed.state_after if feed is not None else gen.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "best_score": best_score,
@@ -220,6 +248,8 @@ def train(
                 if tc.clip_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, tc.clip_grad_norm)
                 opt.step()
+                if sched is not None:
+                    sched.step()
             it += 1
             if it % tc.log_every == 0 or it == tc.iterations:
                 log(iteration=it, loss=stats["loss"], metric=stats["metric"], seconds=time.perf_counter() - t0)

@@ -77,7 +77,7 @@ from innerloop.rules.base import BuildContext
 from innerloop.types import Params
 
 Shape = tuple[int, ...]
-Init = Literal["signed", "nonneg", "head"]
+Init = Literal["signed", "nonneg", "head", "zero"]
 
 #: bias of every hidden layer at initialisation (keeps the ReLUs alive, see the module docstring)
 HIDDEN_BIAS = 0.1
@@ -100,7 +100,8 @@ class ModeLinear(nn.Module):
 
     ``init``: ``"signed"`` factors ``N(0, 1/n_k)``; ``"nonneg"`` factors ``U(0, 2/n_k)``;
     ``"head"``: the first factor zero, the others ``N(0, 1/n_k)``, and the bias zero (the output is
-    exactly zero while the first factor can still learn).
+    exactly zero while the first factor can still learn); ``"zero"``: every factor and the bias zero
+    (the released code's heads: a factor of a tensor with two or more modes never gets a gradient).
     """
 
     def __init__(self, in_shape: Shape, out_shape: Shape, *, init: Init, bias: float, dtype: torch.dtype):
@@ -113,13 +114,13 @@ class ModeLinear(nn.Module):
             w = torch.empty(m, n, dtype=dtype)
             if init == "nonneg":
                 nn.init.uniform_(w, 0.0, 2.0 / n)
-            elif init == "head" and k == 0:
+            elif init == "zero" or (init == "head" and k == 0):
                 nn.init.zeros_(w)
             else:
                 nn.init.normal_(w, 0.0, 1.0 / math.sqrt(n))
             factors.append(nn.Parameter(w))
         self.factors = nn.ParameterList(factors)
-        self.bias = nn.Parameter(torch.full(out_shape, 0.0 if init == "head" else bias, dtype=dtype))
+        self.bias = nn.Parameter(torch.full(out_shape, 0.0 if init in ("head", "zero") else bias, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         for k, w in enumerate(self.factors):
@@ -158,7 +159,7 @@ class TensorDecoder(nn.Module):
     """The part of ``d_i`` for one tensor: bottleneck ``h^depth(s)`` → ``depth − 1`` ReLU
     mode-product layers → ``h(s)`` → two heads to ``s`` (``a`` and ``μ``)."""
 
-    def __init__(self, shape: Sequence[int], depth: int, dtype: torch.dtype):
+    def __init__(self, shape: Sequence[int], depth: int, dtype: torch.dtype, heads: Init = "head"):
         super().__init__()
         self.shape = tuple(shape)
         shapes = [mode_shape(shape)]
@@ -170,8 +171,8 @@ class TensorDecoder(nn.Module):
             ModeLinear(a, b, init="nonneg", bias=HIDDEN_BIAS, dtype=dtype)
             for a, b in zip(shapes[:-2], shapes[1:-1], strict=True)
         )
-        self.scale_head = ModeLinear(shapes[-2], shapes[-1], init="head", bias=0.0, dtype=dtype)
-        self.shift_head = ModeLinear(shapes[-2], shapes[-1], init="head", bias=0.0, dtype=dtype)
+        self.scale_head = ModeLinear(shapes[-2], shapes[-1], init=heads, bias=0.0, dtype=dtype)
+        self.shift_head = ModeLinear(shapes[-2], shapes[-1], init=heads, bias=0.0, dtype=dtype)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         h = h.reshape(self.bottleneck)
@@ -184,9 +185,10 @@ class BlockDecoder(nn.Module):
     """``d_i``: the flat context ``c_i`` → mixing layer (dense) → ReLU → split into the bottlenecks of
     the block's tensors → one :class:`TensorDecoder` each."""
 
-    def __init__(self, context: int, shapes: Sequence[Sequence[int]], depth: int, dtype: torch.dtype):
+    def __init__(self, context: int, shapes: Sequence[Sequence[int]], depth: int, dtype: torch.dtype,
+                 heads: Init = "head"):
         super().__init__()
-        self.tensors = nn.ModuleList(TensorDecoder(s, depth, dtype) for s in shapes)
+        self.tensors = nn.ModuleList(TensorDecoder(s, depth, dtype, heads) for s in shapes)
         self.sizes = [math.prod(t.bottleneck) for t in self.tensors]
         self.mix = ModeLinear((context,), (sum(self.sizes),), init="nonneg", bias=HIDDEN_BIAS, dtype=dtype)
 
@@ -216,13 +218,19 @@ class MirrorMap(Geometry):
         depth: mode-product layers per encoder (and halvings of each mode before a decoder's
             bottleneck); the decoders have a mixing layer plus ``depth`` mode-product layers.
         dtype: dtype of the flow's parameters.
+        heads: ``"learnable"`` (one zero factor per head, the default) or ``"zero"`` (every factor
+            zero, as released: the weights of a head for a tensor with two or more modes then never
+            move, only its bias and the heads of 1-D tensors learn).
     """
 
     def __init__(self, shapes: dict[str, torch.Size], *, scale: str = "sigmoid", depth: int = 3,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, heads: str = "learnable"):
         super().__init__()
         if scale not in ("sigmoid", "exp"):
             raise ValueError(f"scale must be 'sigmoid' or 'exp', got {scale!r}")
+        if heads not in ("learnable", "zero"):
+            raise ValueError(f"heads must be 'learnable' or 'zero', got {heads!r}")
+        head_init: Init = "head" if heads == "learnable" else "zero"
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if not shapes:
@@ -241,7 +249,7 @@ class MirrorMap(Geometry):
         decoders, context = [], 0
         for prev, block in zip(self.blocks[:-1], self.blocks[1:], strict=True):
             context += sum(self.encoders[safe_key(n)].out_features for n in prev)
-            decoders.append(BlockDecoder(context, [shapes[n] for n in block], depth, dtype))
+            decoders.append(BlockDecoder(context, [shapes[n] for n in block], depth, dtype, head_init))
         self.decoders = nn.ModuleList(decoders)
 
     def sigma(self, a: Tensor) -> Tensor:
@@ -275,13 +283,15 @@ class MirrorMap(Geometry):
 
 class MirrorConfig(GeometryConfig):
     """MetaMiDA's geometry. ``scale``: ``"sigmoid"`` (σ = 2·sigmoid, bounded; the default) or
-    ``"exp"`` (released code). ``depth``: mode-product layers per encoder / decoder."""
+    ``"exp"`` (released code). ``depth``: mode-product layers per encoder / decoder. ``heads``:
+    ``"learnable"`` (the default) or ``"zero"`` (the released all-zero heads)."""
 
     name: Literal["mirror"] = "mirror"
     scale: Literal["sigmoid", "exp"] = "sigmoid"
     depth: PositiveInt = 3
+    heads: Literal["learnable", "zero"] = "learnable"
 
 
 @register_geometry("mirror", MirrorConfig)
 def _build_mirror(cfg: MirrorConfig, ctx: BuildContext) -> MirrorMap:
-    return MirrorMap(dict(ctx.shapes), scale=cfg.scale, depth=cfg.depth, dtype=ctx.dtype)
+    return MirrorMap(dict(ctx.shapes), scale=cfg.scale, depth=cfg.depth, dtype=ctx.dtype, heads=cfg.heads)
