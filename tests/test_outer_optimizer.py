@@ -10,19 +10,9 @@ from innerloop.experiments import checkpoint as ckpt
 from innerloop.experiments.build import build
 from innerloop.experiments.config import ConfigError, load
 from innerloop.experiments.train import RunInterrupted, make_optimizer, train
+from test_experiments import TINY as EXPERIMENT_TINY
 
-TINY = [
-    "model.hidden=[8]",
-    "task.query=10",
-    "train.meta_batch=4",
-    "train.val_every=3",
-    "train.val_tasks=5",
-    "train.log_every=2",
-    "train.checkpoint_every=100",
-    "eval.tasks=7",
-    "eval.batch=3",
-    "rule.name=meta_sgd",
-]
+TINY = [*EXPERIMENT_TINY, "rule.name=meta_sgd"]
 
 
 def test_rule_meta_lr_makes_a_second_group_for_the_rule_only():

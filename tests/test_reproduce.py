@@ -8,7 +8,7 @@ import pytest
 
 from innerloop.experiments.cli import main
 from innerloop.experiments.config import ConfigError
-from innerloop.experiments.reproduce import read_table, reproduce
+from innerloop.experiments.reproduce import read_table, reproduce, shown_path
 
 TABLE = """
 title = "tiny"
@@ -129,3 +129,9 @@ def test_bad_plot_and_upper_bound_rows(tmp_path, change, needle):
     with pytest.raises(ConfigError, match="bad table file") as e:
         read_table(tmp_path / "t.toml")
     assert needle in str(e.value)
+
+
+def test_reports_show_table_files_from_configs_on():
+    assert shown_path("/home/u/checkout/configs/tables/alfa_table8.toml") == "configs/tables/alfa_table8.toml"
+    assert shown_path("configs/tables/x.toml") == "configs/tables/x.toml"
+    assert shown_path("/tmp/my_table.toml") == "/tmp/my_table.toml"

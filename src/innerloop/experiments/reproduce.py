@@ -242,10 +242,19 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
     return report
 
 
+def shown_path(path: str) -> str:
+    """A table file as the reports show it: from ``configs/`` on when it lies in a ``configs/tables``
+    folder (so a report does not depend on where the checkout was), else as given."""
+    p = Path(path)
+    if p.parent.name == "tables" and p.parent.parent.name == "configs":
+        return str(Path("configs", "tables", p.name))
+    return path
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"### {report['title']}", "",
              f"Scale `{report['scale']}` (overrides: `{' '.join(report['scale_overrides']) or 'none'}`); "
-             f"from `{report['table']}`.", ""]
+             f"from `{shown_path(report['table'])}`.", ""]
     if report["notes"]:
         lines += [report["notes"].strip(), ""]
     lines += ["| row | ours (mean ± 95% CI) | paper | best val | tasks | iterations | ms / iteration | train time "
