@@ -180,9 +180,8 @@ def train(
     dtype = next(algo.parameters()).dtype
     path = choose_path(algo, cfg.train.execution, device)
     tc = cfg.train
-    params = algo.meta_parameters()
-    # No meta-parameters (random init + plain SGD, ALFA's "Random" row): nothing to train, only test.
-    opt = make_optimizer(algo, tc)
+    params = algo.meta_parameters()  # for clipping and the all-reduce; make_optimizer groups them
+    opt = make_optimizer(algo, tc)  # None when there is nothing to train (random init + plain SGD)
     sched = torch.optim.lr_scheduler.StepLR(opt, tc.lr_step, tc.lr_gamma) if opt is not None and tc.lr_step else None
     gen = torch.Generator().manual_seed(tc.seed)
     val_tasks = family.for_split("val").fixed_tasks(tc.val_tasks, tc.val_seed)

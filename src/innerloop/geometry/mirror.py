@@ -230,9 +230,9 @@ class MirrorMap(Geometry):
             raise ValueError(f"scale must be 'sigmoid' or 'exp', got {scale!r}")
         if heads not in ("learnable", "zero"):
             raise ValueError(f"heads must be 'learnable' or 'zero', got {heads!r}")
-        head_init: Init = "head" if heads == "learnable" else "zero"
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        head_init: Init = "head" if heads == "learnable" else "zero"
         if not shapes:
             raise ValueError("the mirror geometry needs at least one adapted tensor")
         self.scale = scale
