@@ -9,7 +9,7 @@ import pytest
 
 from innerloop.experiments.cli import main
 from innerloop.experiments.config import ConfigError
-from innerloop.experiments.report import check_claim
+from innerloop.experiments.verdict import check_claim
 
 TABLE = """
 title = "Tiny"
@@ -35,19 +35,34 @@ than = "a"
 """
 
 
-def _row(name, mean, ci, metric="mse"):
-    return {"name": name, "label": name, "paper": None, "mean": mean, "ci95": ci, "metric": metric, "tasks": 600}
+def _row(name, mean, ci, metric="mse", seeds=None):
+    row = {"name": name, "label": name, "paper": None, "mean": mean, "ci95": ci, "metric": metric, "tasks": 600}
+    if seeds is not None:
+        row.update(seed_means=seeds, n_seeds=len(seeds), converged=True)
+    return row
 
 
-def test_claim_verdicts_follow_the_metric_direction():
-    rows = {"a": _row("a", 0.5, 0.05), "b": _row("b", 0.8, 0.05), "c": _row("c", 0.52, 0.05)}
+def test_claim_verdicts_follow_the_metric_direction_over_seeds():
+    rows = {"a": _row("a", 0.5, 0.05, seeds=[0.49, 0.5, 0.51]), "b": _row("b", 0.8, 0.05, seeds=[0.79, 0.8, 0.81]),
+            "c": _row("c", 0.52, 0.05, seeds=[0.45, 0.52, 0.59])}
     assert check_claim(rows, "a", "b")[0] == "yes"  # lower mse is better
     assert check_claim(rows, "b", "a")[0] == "no"
     assert check_claim(rows, "c", "a")[0] == "not resolved"
-    acc = {"a": _row("a", 0.9, 0.01, "accuracy"), "b": _row("b", 0.8, 0.01, "accuracy")}
+    acc = {"a": _row("a", 0.9, 0.01, "accuracy", [0.89, 0.9, 0.91]),
+           "b": _row("b", 0.8, 0.01, "accuracy", [0.79, 0.8, 0.81])}
     verdict, detail = check_claim(acc, "a", "b")
-    assert verdict == "yes" and "+0.1000 ± 0.0141" in detail
-    assert check_claim({"a": acc["a"]}, "a", "b")[0] == "not run yet"
+    # Welch: sd 0.01 each, se = sqrt(2 * 0.0001 / 3), df = 4, t = 2.7764
+    assert verdict == "yes" and "+0.1000 ± 0.0227" in detail
+    assert check_claim({"a": acc["a"]}, "a", "b")[0] == "not run"
+
+
+def test_one_seed_or_a_run_not_converged_is_not_judged():
+    one = {"a": _row("a", 0.9, 0.001, "accuracy"), "b": _row("b", 0.5, 0.001, "accuracy")}
+    verdict, detail = check_claim(one, "a", "b")
+    assert verdict == "not resolved" and "fewer than 3 seeds" in detail
+    rows = {"a": _row("a", 0.9, 0.01, "accuracy", [0.9] * 3), "b": _row("b", 0.5, 0.01, "accuracy", [0.5] * 3)}
+    rows["b"]["converged"] = False
+    assert check_claim(rows, "a", "b")[0] == "not converged"
 
 
 def test_report_writes_tables_and_claims(tmp_path, capsys):
@@ -55,14 +70,15 @@ def test_report_writes_tables_and_claims(tmp_path, capsys):
     res = tmp_path / "results"
     res.mkdir()
     report = {"title": "Tiny", "table": str(tmp_path / "tiny.toml"), "scale": "cpu", "scale_overrides": [], "notes": "",
-              "rows": [_row("a", 0.5, 0.05), _row("b", 0.8, 0.05), {"name": "c", "label": "c", "paper": 0.3,
-                                                                     "not_run": True}]}
+              "rows": [_row("a", 0.5, 0.05, seeds=[0.49, 0.5, 0.51]), _row("b", 0.8, 0.05, seeds=[0.79, 0.8, 0.81]),
+                       {"name": "c", "label": "c", "paper": 0.3, "not_run": True}]}
     (res / "tiny.json").write_text(json.dumps(report))
     out = tmp_path / "docs" / "RESULTS.md"
     assert main(["report", "--results", str(res), "--out", str(out)]) == 0
     text = out.read_text()
     assert "### Tiny" in text and "| a beats b | yes |" in text and "| b beats a | no |" in text
-    assert "| c beats a | not run yet |" in text and "| c | not run yet | 0.3 |" in text
+    assert "| c beats a | not run |" in text and "| c | not run | | | | 0.3 |" in text
+    assert "| other | 1 | 1 | 0 | 0 | 1 | 3 |" in text
 
 
 def test_bad_claims_and_missing_results_are_clear_errors(tmp_path):

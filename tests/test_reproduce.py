@@ -60,7 +60,7 @@ def test_reproduce_runs_rows_then_skips_them(table, tmp_path, capsys):
 def test_rows_left_out_are_reported_as_not_run(table, tmp_path):
     report = reproduce(table, out_root=tmp_path / "res", only=["sgd"])
     assert [r["name"] for r in report["rows"]] == ["sgd", "msgd"] and report["rows"][1]["not_run"]
-    assert "| msgd | not run yet |" in (tmp_path / "res" / "tiny.md").read_text()
+    assert "| msgd | not run |" in (tmp_path / "res" / "tiny.md").read_text()
 
 
 def test_bad_tables_are_user_errors(table, tmp_path):
@@ -135,3 +135,39 @@ def test_reports_show_table_files_from_configs_on():
     assert shown_path("/home/u/checkout/configs/tables/alfa_table8.toml") == "configs/tables/alfa_table8.toml"
     assert shown_path("configs/tables/x.toml") == "configs/tables/x.toml"
     assert shown_path("/tmp/my_table.toml") == "/tmp/my_table.toml"
+
+
+def test_seeds_train_each_row_once_per_seed_and_aggregate(table, tmp_path):
+    table.write_text(TABLE.replace('base = "base.toml"', 'base = "base.toml"\nseeds = 3')
+                     .replace('name = "msgd"', 'name = "msgd"\nseeds = 1'))
+    report = reproduce(table, out_root=tmp_path / "res", jobs=2)
+    sgd, msgd = report["rows"]
+    runs = tmp_path / "res" / "tiny" / "sgd"
+    seeds = [json.loads((runs / f"seed{k}" / "config.json").read_text())["train"]["seed"] for k in range(3)]
+    assert seeds == [0, 1, 2] and sgd["n_seeds"] == 3 and [r["seed"] for r in sgd["runs"]] == [0, 1, 2]
+    means = [json.loads((runs / f"seed{k}" / "test.json").read_text())["mean"] for k in range(3)]
+    assert sgd["seed_means"] == means and sgd["mean"] == pytest.approx(sum(means) / 3)
+    assert len(set(means)) == 3  # the seeds are different training runs
+    assert msgd["n_seeds"] == 1 and (tmp_path / "res" / "tiny" / "msgd" / "test.json").is_file()
+    assert all(len(r["val_curve"]) >= 1 for r in sgd["runs"])
+
+
+def test_stale_runs_stop_reproduce_unless_set_aside_and_more_iterations_extend(table, tmp_path):
+    out = tmp_path / "res"
+    reproduce(table, out_root=out, only=["sgd"])
+    run = out / "tiny" / "sgd"
+    first = json.loads((run / "test.json").read_text())
+    table.write_text(TABLE.replace('overrides = ["rule.name=sgd"]', 'overrides = ["rule.name=sgd", "rule.lr=0.02"]'))
+    with pytest.raises(ConfigError, match="another config.*sgd.*rule.lr.*--restart-stale"):
+        reproduce(table, out_root=out, only=["sgd"])
+    assert main(["reproduce", str(table), "--out", str(out), "--rows", "sgd", "--restart-stale"]) == 0
+    assert json.loads((out / "tiny" / "sgd.stale1" / "test.json").read_text()) == first  # kept, not deleted
+    table.write_text(TABLE.replace('overrides = ["rule.name=sgd"]', 'overrides = ["rule.name=sgd", "rule.lr=0.02"]')
+                     .replace("train.iterations=2", "train.iterations=4"))
+    report = reproduce(table, out_root=out, only=["sgd"])
+    assert report["rows"][0]["iterations"] == 4 and (run / "test-2-iterations.json").is_file()
+
+
+def test_unknown_rows_are_an_error(table, tmp_path):
+    assert main(["reproduce", str(table), "--out", str(tmp_path / "res"), "--rows", "nope"]) == 2
+    assert not (tmp_path / "res").exists()

@@ -70,7 +70,8 @@ def cmd_reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ConfigError(f"reproduce takes no config overrides (got {' '.join(overrides)}); edit the table")
     from innerloop.experiments.reproduce import markdown, reproduce
 
-    report = reproduce(args.table, scale=args.scale, out_root=args.out, jobs=args.jobs, only=args.rows)
+    report = reproduce(args.table, scale=args.scale, out_root=args.out, jobs=args.jobs, only=args.rows,
+                       restart_stale=args.restart_stale)
     print(markdown(report))
     return 0
 
@@ -233,6 +234,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="results", help="results root (default results/)")
     r.add_argument("--jobs", type=int, default=1, help="rows trained at once (each with 1 thread when > 1)")
     r.add_argument("--rows", nargs="+", help="only these row names")
+    r.add_argument("--restart-stale", action="store_true", help="runs whose stored config differs from the "
+                   "table's (other than more iterations, which resumes them) are renamed *.staleN and run again; "
+                   "without it such runs stop the command before anything runs")
     r.set_defaults(fn=cmd_reproduce)
 
     d = sub.add_parser("demo", help="train on the embedded data (sine, glyphs) and print test results",

@@ -15,6 +15,12 @@ A table file (TOML) names a base config, per-scale overrides and rows::
     scale = {cpu = ["model.widths=[16, 32, 64, 128]"]}   # this row's own per-scale overrides (optional)
     x = 5                                   # for `innerloop plot table`: the row's x value (optional)
     series = "MAML"                         # for `innerloop plot table`: its line / bar group (optional)
+    seeds = 1                               # this row's own number of training seeds (optional)
+    scales = ["paper"]                      # the only scales this row runs at (optional; default all)
+
+``seeds = N`` (table-wide, or per row) trains each row N times with ``train.seed`` = 0..N−1, in
+``results/<table>/<row>/seed<k>/``; with one seed the run directory is ``results/<table>/<row>/``.
+The row's figure is then the mean over seeds with the between-seed spread (``verdict.aggregate``).
 
 A row with ``kind = "upper_bound"`` is not meta-trained: ``innerloop upper-bound`` trains the row's
 model on each test task alone (options in ``upper_bound = {train_points = 2000, steps = 1000}``;
@@ -46,11 +52,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, PositiveInt, ValidationError
 
 from innerloop.experiments.checkpoint import save_json
-from innerloop.experiments.config import Config, ConfigError, load
+from innerloop.experiments.config import Config, ConfigError, load, to_dict
 from innerloop.experiments.upper_bound import UpperBoundOptions
+from innerloop.experiments.verdict import aggregate, converged
 
 
 class Row(BaseModel):
@@ -65,6 +72,8 @@ class Row(BaseModel):
     upper_bound: UpperBoundOptions | None = None  # options of an upper_bound row (init: another row's name)
     x: FiniteFloat | None = None  # for plots: a numeric attribute of the row (conv layers, classes, ...)
     series: str | None = None  # for plots: the line / bar group of the row
+    seeds: PositiveInt | None = None  # training seeds of this row (default: the table's)
+    scales: list[str] | None = None  # the scales this row runs at (default: all); e.g. a dataset with no substitute
 
 
 class Claim(BaseModel):
@@ -94,6 +103,7 @@ class Table(BaseModel):
     notes: str = ""
     x_label: str = ""  # for plots: what the rows' x is
     claim: list[Claim] = []  # claims of the paper, checked by `innerloop report`
+    seeds: PositiveInt = 1  # training seeds per row (train.seed = 0..seeds-1)
     figure: list[Figure] = []  # figures drawn from the results, shown by `innerloop report`
 
 
@@ -106,7 +116,7 @@ def read_table(path: str | Path) -> Table:
     except (tomllib.TOMLDecodeError, ValidationError) as e:
         raise ConfigError(f"bad table file {p}: {e}".replace("\n", " ")) from None
     for r in table.row:
-        unknown = sorted(set(r.scale) - set(table.scale))
+        unknown = sorted((set(r.scale) | set(r.scales or [])) - set(table.scale))
         if unknown:
             raise ConfigError(f"bad table file {p}: row {r.name!r} has overrides for scale(s) {', '.join(unknown)} "
                               f"that the table does not define (it has: {', '.join(table.scale)})")
@@ -174,69 +184,212 @@ def row_config(table_path: Path, table: Table, row: Row, scale: str) -> Config:
     return load(row_base(table_path, table, row), _row_overrides(table, row, scale))
 
 
-def run_row(table_path: Path, table: Table, row: Row, scale: str, out: Path, threads: int | None = None
-            ) -> dict[str, Any]:
-    run_dir = out / row.name
-    if (run_dir / "test.json").exists():
-        res = json.loads((run_dir / "test.json").read_text())
-        res["skipped"] = True
-        return res
+def runs_at(row: Row, scale: str) -> bool:
+    return row.scales is None or scale in row.scales
+
+
+def row_seeds(table: Table, row: Row) -> int:
+    return row.seeds or table.seeds
+
+
+def run_dirs(out: Path, table: Table, row: Row) -> list[tuple[int | None, Path]]:
+    """``(seed, run directory)`` of each training run of ``row``; seed ``None``: the config's own ``train.seed``."""
+    n = row_seeds(table, row)
+    if n == 1:
+        return [(None, out / row.name)]
+    return [(k, out / row.name / f"seed{k}") for k in range(n)]
+
+
+def _seed_overrides(seed: int | None) -> list[str]:
+    return [] if seed is None else [f"train.seed={seed}"]
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys present in both configs whose values differ (a key only one side has is an option added
+    or removed since, whose default keeps the old behaviour)."""
+    out = []
+    for k in sorted(set(a) & set(b)):
+        key = f"{prefix}{k}"
+        if isinstance(a[k], dict) and isinstance(b[k], dict):
+            out += config_diff(a[k], b[k], key + ".")
+        elif a[k] != b[k]:
+            out.append(key)
+    return out
+
+
+EXTENDABLE = {"train.iterations"}  # a finished run may be resumed to more iterations
+
+
+def run_state(table_path: Path, table: Table, row: Row, scale: str, seed: int | None, run_dir: Path
+              ) -> tuple[str, list[str]]:
+    """Whether a run is ``"new"``, ``"partial"``, ``"done"``, ``"extend"`` (more iterations than it ran) or
+    ``"stale"`` (its stored config differs from the row's in a key that cannot be resumed), with the keys."""
+    stored_path = run_dir / "config.json"
+    if not stored_path.is_file():
+        return "new", []
+    expected = to_dict(load(row_base(table_path, table, row), [*_row_overrides(table, row, scale),
+                                                               *_seed_overrides(seed)]))
+    try:
+        stored = json.loads(stored_path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return "stale", ["config.json (unreadable)"]
+    keys = config_diff(stored, expected)
+    if [k for k in keys if k not in EXTENDABLE]:
+        return "stale", keys
+    done = (run_dir / "test.json").exists()
+    if keys:
+        if stored["train"]["iterations"] > expected["train"]["iterations"]:
+            return "stale", keys
+        return ("extend" if done else "partial"), keys
+    return ("done" if done else "partial"), []
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move a stale run directory to ``<dir>.stale<N>`` (nothing is deleted)."""
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.stale{n}").exists():
+        n += 1
+    dest = run_dir.with_name(f"{run_dir.name}.stale{n}")
+    run_dir.rename(dest)
+    return dest
+
+
+def validation_curve(run_dir: Path) -> list[list[float]]:
+    """``[[iteration, validation metric], ...]`` from a run's metrics.jsonl (the last entry per iteration)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    points: dict[int, float] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("val"), int | float) and "iteration" in row:
+            points[int(row["iteration"])] = float(row["val"])
+    return [[it, points[it]] for it in sorted(points)]
+
+
+def run_result(run_dir: Path, seed: int | None) -> dict[str, Any]:
+    """A finished run's ``test.json`` with its seed, validation curve and convergence."""
+    res = json.loads((run_dir / "test.json").read_text())
+    res.pop("trace", None)
+    res.pop("support_loss_per_step", None)
+    if seed is not None:
+        res["seed"] = seed
+    elif (run_dir / "config.json").is_file():
+        res["seed"] = json.loads((run_dir / "config.json").read_text())["train"]["seed"]
+    curve = validation_curve(run_dir)
+    if curve:
+        res["val_curve"] = curve
+    if res.get("kind") != "upper_bound" and res.get("iterations"):
+        ok, rise = converged(curve, res["iterations"], res["metric"])
+        res["converged"], res["val_rise"] = ok, rise
+    return res
+
+
+def run_one(table_path: Path, table: Table, row: Row, scale: str, out: Path, seed: int | None, run_dir: Path,
+            threads: int | None = None) -> dict[str, Any]:
+    """Train (or resume, or extend) one seed of a row; its result, or ``failed`` with the log."""
+    state, _ = run_state(table_path, table, row, scale, seed, run_dir)
+    if state == "done":
+        return {**run_result(run_dir, seed), "skipped": True}
+    if state == "extend":  # keep the shorter run's test result beside the resumed run
+        test = run_dir / "test.json"
+        iters = json.loads(test.read_text()).get("iterations")
+        test.rename(run_dir / f"test-{iters}-iterations.json")
     base = row_base(table_path, table, row)
+    overrides = [*_row_overrides(table, row, scale), *_seed_overrides(seed)]
     if row.kind == "upper_bound":
         opts = row.upper_bound or UpperBoundOptions()
-        init = out / opts.init if opts.init is not None else None
+        init = None
+        if opts.init is not None:
+            init_row = next(r for r in table.row if r.name == opts.init)
+            init = dict(run_dirs(out, table, init_row)).get(seed, run_dirs(out, table, init_row)[0][1])
         cmd = [sys.executable, "-m", "innerloop", "upper-bound", str(base), "--out", str(run_dir), "--no-progress",
-               *opts.cli_args(init), *_row_overrides(table, row, scale)]
+               *opts.cli_args(init), *overrides]
     else:
         cmd = [sys.executable, "-m", "innerloop", "train", str(base), "--out", str(run_dir), "--no-progress",
-               *_row_overrides(table, row, scale)]
+               *overrides]
     if (run_dir / "last.pt").exists() and row.kind == "train":
         cmd.append("--resume")
-    log = run_dir.parent / f"{row.name}.log"
+    log = run_dir.parent / f"{run_dir.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
         r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if r.returncode != 0 or not (run_dir / "test.json").exists():
         return {"failed": True, "log": str(log), "returncode": r.returncode}
-    return json.loads((run_dir / "test.json").read_text())
+    return run_result(run_dir, seed)
+
+
+def row_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row's entry from its runs: failed if any failed, else the seed aggregate of the finished ones."""
+    failed = [r for r in runs if r.get("failed")]
+    if failed:
+        return failed[0]
+    finished = [r for r in runs if "mean" in r]
+    if not finished:
+        return {"not_run": True}
+    return {**aggregate(finished), "runs": finished}
+
+
+def stored_row(table_path: Path, table: Table, row: Row, scale: str, out: Path) -> dict[str, Any]:
+    """A row's entry from the runs already on disk (rows not run now): stale runs are not counted."""
+    runs = []
+    for seed, d in run_dirs(out, table, row):
+        if (d / "test.json").exists() and run_state(table_path, table, row, scale, seed, d)[0] == "done":
+            runs.append({**run_result(d, seed), "skipped": True})
+    return row_result(runs)
 
 
 def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "results", jobs: int = 1,
-              only: list[str] | None = None) -> dict[str, Any]:
+              only: list[str] | None = None, restart_stale: bool = False) -> dict[str, Any]:
     table_path = resolve_table(table_path)
     table = read_table(table_path)
     if scale not in table.scale:
         raise ConfigError(f"{table_path} has no scale {scale!r} (it has: {', '.join(table.scale)})")
-    rows = [r for r in table.row if not only or r.name in only]
+    unknown = sorted(set(only or []) - {r.name for r in table.row})
+    if unknown:
+        raise ConfigError(f"{table_path}: no row named {', '.join(unknown)} "
+                          f"(rows: {', '.join(r.name for r in table.row)})")
+    rows = [r for r in table.row if (not only or r.name in only) and runs_at(r, scale)]
     # validate every row's config before running anything
     for r in rows:
         row_config(table_path, table, r, scale)
     name = table_path.stem
     out = Path(out_root) / name
+    runs = [(r, seed, d) for r in rows for seed, d in run_dirs(out, table, r)]
+    stale = [(d, keys) for r, seed, d in runs
+             for state, keys in [run_state(table_path, table, r, scale, seed, d)] if state == "stale"]
+    if stale and not restart_stale:
+        raise ConfigError(f"{len(stale)} run(s) under {out} were made with another config than the table's now: "
+                          + "; ".join(f"{d} ({', '.join(k[:4])})" for d, k in stale[:3])
+                          + " — pass --restart-stale to set them aside (renamed *.staleN) and run them again")
+    for d, _ in stale:
+        set_aside(d)
     threads = 1 if jobs > 1 else None
     results: dict[str, dict[str, Any]] = {}
     with ThreadPoolExecutor(max_workers=jobs) as ex:
         # upper-bound rows may start from a trained row's θ0, so they run once the trained rows are done
-        for phase in ([r for r in rows if r.kind == "train"], [r for r in rows if r.kind != "train"]):
-            done = ex.map(lambda r: run_row(table_path, table, r, scale, out, threads), phase)
-            results.update(zip([r.name for r in phase], done, strict=True))
+        for phase in ([x for x in runs if x[0].kind == "train"], [x for x in runs if x[0].kind != "train"]):
+            done = list(ex.map(lambda x: run_one(table_path, table, x[0], scale, out, x[1], x[2], threads), phase))
+            for r in {x[0].name: x[0] for x in phase}.values():
+                results[r.name] = row_result([res for x, res in zip(phase, done, strict=True) if x[0] is r])
     report = {"title": table.title, "table": str(table_path), "scale": scale,
               "scale_overrides": table.scale[scale], "notes": table.notes, "rows": []}
     if table.x_label:
         report["x_label"] = table.x_label
     for r in table.row:  # every row of the table; rows left out by --rows show their stored result or "not run"
-        if r.name in results:
-            res = results[r.name]
-        elif (out / r.name / "test.json").exists():
-            res = {**json.loads((out / r.name / "test.json").read_text()), "skipped": True}
+        if not runs_at(r, scale):
+            res = {"not_run": True, "why": f"runs at scale {' / '.join(r.scales or [])} only"}
         else:
-            res = {"not_run": True}
+            res = results[r.name] if r.name in results else stored_row(table_path, table, r, scale, out)
         plot = {k: v for k, v in (("x", r.x), ("series", r.series)) if v is not None}
         if r.kind != "train":
             plot["kind"] = r.kind
         report["rows"].append({"name": r.name, "label": r.label or r.name, "paper": r.paper,
-                               "overrides": r.overrides, **plot, **res})
+                               "overrides": r.overrides, "seeds_planned": row_seeds(table, r), **plot, **res})
     save_json(report, Path(out_root) / f"{name}.json")
     (Path(out_root) / f"{name}.md").write_text(markdown(report))
     return report
@@ -257,23 +410,32 @@ def markdown(report: dict[str, Any]) -> str:
              f"from `{shown_path(report['table'])}`.", ""]
     if report["notes"]:
         lines += [report["notes"].strip(), ""]
-    lines += ["| row | ours (mean ± 95% CI) | paper | best val | tasks | iterations | ms / iteration | train time "
-              "| peak RSS |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| row | ours: mean over seeds | between-seed sd | seeds | test-task 95% CI | paper | converged "
+              "| best val | tasks | iterations | ms / iteration | train time | peak RSS |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
+        paper = "" if r.get("paper") is None else f"{r['paper']:g}"
         if r.get("not_run"):
-            paper = "" if r["paper"] is None else f"{r['paper']:g}"
-            lines.append(f"| {r['label']} | not run yet | {paper} | | | | | | |")
+            why = f" ({r['why']})" if r.get("why") else ""
+            lines.append(f"| {r['label']} | not run{why} | | | | {paper} |" + " |" * 7)
             continue
         if r.get("failed"):
-            lines.append(f"| {r['label']} | failed (see `{r['log']}`) | {r['paper'] or ''} | | | | | | |")
+            lines.append(f"| {r['label']} | failed (see `{r['log']}`) | | | | {paper} |" + " |" * 7)
             continue
         secs = r.get("train_seconds")
         t = f"{secs / 60:.1f} min" if secs is not None else ""
         mem = f"{r['peak_rss_mb']:.0f} MB" if r.get("peak_rss_mb") is not None else ""
-        paper = "" if r["paper"] is None else f"{r['paper']:g}"
         val = "" if r.get("val") is None else f"{r['val']:.4f}"
         its = r.get("iterations")
-        per = f"{secs / its * 1000:.1f}" if secs and its else ""
-        lines.append(f"| {r['label']} | {r['mean']:.4f} ± {r['ci95']:.4f} ({r['metric']}) | {paper} | {val} | "
-                     f"{r['tasks']} | {its if its is not None else ''} | {per} | {t} | {mem} |")
+        n = r.get("n_seeds", 1)
+        per = f"{secs / its / n * 1000:.1f}" if secs and its else ""
+        sd = f"{r['seed_sd']:.4f}" if n > 1 and "seed_sd" in r else ""
+        planned = r.get("seeds_planned", n)
+        seeds = f"{n}" if n == planned else f"{n} of {planned}"
+        conv = {True: "yes", False: "**no**", None: ""}[r.get("converged") if "converged" in r else None]
+        if r.get("kind") == "upper_bound":
+            conv = "n/a"
+        lines.append(f"| {r['label']} | {r['mean']:.4f} ({r['metric']}) | {sd} | {seeds} | ± {r['ci95']:.4f} | "
+                     f"{paper} | {conv} | {val} | {r.get('tasks', '')} | {its if its is not None else ''} | {per} | "
+                     f"{t} | {mem} |")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,56 @@
+"""The statistics of a results table: Student's t quantiles, Welch's interval, convergence, seed aggregates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from innerloop.experiments.verdict import aggregate, converged, t975, welch_interval
+
+
+def _t_cdf(x: float, df: int, n: int = 20000) -> float:
+    """P(T <= x) by Simpson's rule on the t density from 0 to x (x > 0)."""
+    c = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+    f = [c * (1 + (x * i / n) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
+    h = x / n
+    return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 7, 10, 19, 30, 31, 45, 100])
+def test_t_quantiles_are_the_975_percent_points(df):
+    assert _t_cdf(t975(df), df) == pytest.approx(0.975, abs=2e-5)
+
+
+def test_welch_df_is_rounded_down_and_equal_groups_give_the_pooled_t():
+    d, half = welch_interval([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
+    assert d == 1.0 and half == pytest.approx(t975(4) * math.sqrt(2 / 3))
+    # unequal variances: df = 2.39... is rounded down to 2
+    d, half = welch_interval([0.0, 1.0, 2.0], [0.0, 0.1, 0.2])
+    va, vb = 1 / 3, 0.01 / 3
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    assert 2 < df < 3 and half == pytest.approx(t975(2) * math.sqrt(va + vb))
+    with pytest.raises(ValueError):
+        welch_interval([1.0], [1.0, 2.0])
+
+
+def test_convergence_reads_the_last_quarter_of_the_validation_curve():
+    flat = [[i * 100, 0.9 + (0.001 if i % 2 else 0.0)] for i in range(1, 21)]
+    assert converged(flat, 2000, "accuracy")[0] is True
+    rising = [[i * 100, 0.5 + 0.01 * i] for i in range(1, 21)]
+    ok, rise = converged(rising, 2000, "accuracy")
+    assert ok is False and rise == pytest.approx(0.01 / 100 * 500)
+    falling_mse = [[i * 100, 2.0 - 0.05 * i] for i in range(1, 21)]  # still improving
+    assert converged(falling_mse, 2000, "mse")[0] is False
+    assert converged(rising, 2000, "mse")[0] is True  # MSE rising: not an improvement still going on
+    assert converged([[2000, 0.9]], 2000, "accuracy") == (None, None)
+
+
+def test_a_row_is_the_mean_over_seeds_with_their_spread():
+    runs = [{"mean": m, "ci95": 0.01, "metric": "accuracy", "tasks": 600, "train_seconds": 60.0, "converged": c,
+             "iterations": 100} for m, c in ((0.8, True), (0.9, True), (0.85, None))]
+    row = aggregate(runs)
+    assert row["mean"] == pytest.approx(0.85) and row["seed_sd"] == pytest.approx(0.05)
+    assert row["n_seeds"] == 3 and row["train_seconds"] == 180.0 and row["converged"] is True
+    runs[2]["converged"] = False
+    assert aggregate(runs)["converged"] is False
