@@ -27,7 +27,7 @@ def make(rule_name: str = "sgd", algo_name: str = "maml", family: str = "sine", 
         fam = Sine(k_shot=5, query=7)
         model = MLP(1, list(hidden), 1)
     else:
-        fam = LinearBinary(dim=6, support=4, query=9)
+        fam = LinearBinary(dim=6, support=4, query=9, balanced=False)
         model = LinNet(6, 1, hidden=5, layers=2)
     model = model.to(DT)
     cls = ALGORITHMS[algo_name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from innerloop.data import LinearBinary, Sine
@@ -38,7 +39,7 @@ def test_fixed_tasks_are_deterministic():
 
 
 def test_linear_task_labels_follow_the_task_vector():
-    fam = LinearBinary(dim=20, support=10, query=100)
+    fam = LinearBinary(dim=20, support=10, query=100, balanced=False)
     t = fam.sample(8, torch.Generator().manual_seed(0))
     w = torch.randn(8, 20, generator=torch.Generator().manual_seed(0))  # the first draw is w
     for x, y in ((t.support_x, t.support_y), (t.query_x, t.query_y)):
@@ -47,8 +48,22 @@ def test_linear_task_labels_follow_the_task_vector():
     assert 0.3 < t.query_y.mean() < 0.7
 
 
+def test_linear_task_default_is_kfo_protocol_1000_points_both_sets_balanced():
+    fam = LinearBinary()
+    t = fam.sample(3, torch.Generator().manual_seed(1))
+    assert t.support_x.shape == (3, 500, 100) and t.query_x.shape == (3, 500, 100)
+    w = torch.randn(3, 100, generator=torch.Generator().manual_seed(1))
+    for x, y in ((t.support_x, t.support_y), (t.query_x, t.query_y)):
+        assert torch.equal(((x @ w.unsqueeze(-1)).squeeze(-1) > 0).float(), y)
+        assert torch.equal(y.sum(1), torch.full((3,), 250.0))
+    # balancing negates points, so each coordinate stays N(0, 1)
+    assert abs(t.query_x.mean().item()) < 0.01 and abs(t.query_x.std().item() - 1.0) < 0.01
+    with pytest.raises(ValueError, match="even"):
+        LinearBinary(query=9)
+
+
 def test_linear_subspace_variant_keeps_w_in_the_subspace():
-    fam = LinearBinary(dim=20, support=4, query=50, subspace=3)
+    fam = LinearBinary(dim=20, support=4, query=50, subspace=3, balanced=False)
     torch.testing.assert_close(fam.basis.T @ fam.basis, torch.eye(3), atol=1e-6, rtol=0)
     t = fam.sample(4, torch.Generator().manual_seed(0))
     z = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))

@@ -10,7 +10,9 @@ from helpers import DT, assert_paths_agree, grads_of, make
 from innerloop.experiments.build import build
 from innerloop.experiments.config import ConfigError, load
 from innerloop.geometry import GEOMETRIES, Euclidean
-from innerloop.geometry.mirror import MirrorMap, ModeLinear, TensorDecoder, layer_blocks
+from innerloop.geometry.blocks import adapted_blocks, model_layers, prefix_blocks
+from innerloop.geometry.mirror import MirrorMap, ModeLinear, TensorDecoder
+from innerloop.models import MLP, Conv4, ResNet12
 from innerloop.rules import BuildContext
 from innerloop.types import Task
 
@@ -39,7 +41,45 @@ def test_blocks_are_layers_in_order_and_the_head_is_last():
                         ["head.weight", "head.bias"]]
     assert set(g.first_scale) == {"body__0__weight", "body__0__bias"}
     assert len(g.encoders) == 4 and len(g.decoders) == 2  # no encoder for the head, no decoder for block 1
-    assert layer_blocks(["a.w", "b.w", "a.b", "c"]) == [["a.w", "a.b"], ["b.w"], ["c"]]
+    assert prefix_blocks(["a.w", "b.w", "a.b", "c"]) == [["a.w", "a.b"], ["b.w"], ["c"]]
+
+
+def _conv_layer(i: int) -> list[str]:
+    return [f"body.{i}.conv.weight", f"body.{i}.conv.bias", f"body.{i}.norm.weight", f"body.{i}.norm.bias"]
+
+
+def test_one_block_per_layer_conv_and_its_batchnorm_together():
+    """MetaMiDA §4: block i is the i-th CNN layer (conv + BN); 4-CONV + head = 5 blocks."""
+    model = Conv4((3, 84, 84), 5, channels=8)
+    layers = model_layers(model)
+    assert layers == [*(_conv_layer(i) for i in range(4)), ["head.weight", "head.bias"]]
+    names = [n for n, _ in model.named_parameters()]
+    assert adapted_blocks(names, layers) == layers
+    no_norm = [n for n in names if ".norm." not in n]  # BN not inner-adapted (ALFA's protocol)
+    assert adapted_blocks(no_norm, layers) == [[f"body.{i}.conv.weight", f"body.{i}.conv.bias"] for i in range(4)] \
+        + [["head.weight", "head.bias"]]
+    assert adapted_blocks(["head.weight", "head.bias"], layers) == [["head.weight", "head.bias"]]  # ANIL
+
+
+def test_blocks_of_resnet12_mlp_and_a_user_sequential():
+    res = model_layers(ResNet12((3, 32, 32), 5, widths=(4, 4, 4, 4)))
+    assert len(res) == 4 * 4 + 1 and res[-1] == ["head.weight", "head.bias"]
+    pairs = (("conv1", "norm1"), ("conv2", "norm2"), ("conv3", "norm3"), ("shortcut", "norm_sc"))
+    assert res[:4] == [[f"body.0.{c}.weight", f"body.0.{n}.weight", f"body.0.{n}.bias"] for c, n in pairs]
+    assert model_layers(MLP(1, [40, 40], 1)) == [["body.0.weight", "body.0.bias"], ["body.2.weight", "body.2.bias"],
+                                                 ["head.weight", "head.bias"]]
+    user = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 5))
+    assert model_layers(user) == [["0.weight", "0.bias", "1.weight", "1.bias"], ["4.weight", "4.bias"]]
+    with pytest.raises(ValueError, match="not parameters"):
+        adapted_blocks(["nope"], model_layers(user))
+
+
+def test_built_mirror_geometry_has_five_blocks_on_4conv():
+    cfg = load(None, ["task.name=images", "task.dataset=glyphs", "model.name=conv4", "model.channels=4",
+                      "geometry.name=mirror", "algorithm.adapt_norm=true"])
+    _, algo = build(cfg)
+    assert algo.geometry.blocks == [*(_conv_layer(i) for i in range(4)), ["head.weight", "head.bias"]]
 
 
 def test_mode_linear_equals_dense_kronecker_layer():

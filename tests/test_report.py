@@ -122,3 +122,20 @@ def test_figure_commands_must_be_plot_commands_writing_the_file(tmp_path):
     (tmp_path / "t.toml").write_text(TABLE + other)
     with pytest.raises(ConfigError, match="must be `innerloop plot"):
         read_table(tmp_path / "t.toml")
+
+
+def test_report_draws_each_tables_validation_curves(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TABLE)
+    res = tmp_path / "results"
+    res.mkdir()
+    a = _row("a", 0.5, 0.05, seeds=[0.5, 0.5, 0.5])
+    a["runs"] = [{"seed": k, "val_curve": [[100, 0.9 - k / 10], [200, 0.6]], "converged": k != 1} for k in range(3)]
+    report = {"title": "Tiny", "table": str(tmp_path / "tiny.toml"), "scale": "cpu", "scale_overrides": [], "notes": "",
+              "rows": [a, _row("b", 0.8, 0.05)]}
+    (res / "tiny.json").write_text(json.dumps(report))
+    out = tmp_path / "docs" / "RESULTS.md"
+    assert main(["report", "--results", str(res), "--out", str(out)]) == 0
+    assert "tiny_curves.png" not in out.read_text()  # not drawn yet
+    assert main(["report", "--results", str(res), "--out", str(out), "--draw"]) == 0
+    assert (tmp_path / "docs" / "figures" / "tiny_curves.png").stat().st_size > 0
+    assert "![validation curves of tiny](figures/tiny_curves.png)" in out.read_text()

@@ -17,8 +17,8 @@ from innerloop.experiments.upper_bound import UpperBoundOptions, upper_bound
 
 
 # ---- point sources -----------------------------------------------------------------------------
-@pytest.mark.parametrize("fam", [Sine(5, 7), Sine(3, 4, form="maml"), LinearBinary(20, 4, 9),
-                                 LinearBinary(20, 4, 9, subspace=3)])
+@pytest.mark.parametrize("fam", [Sine(5, 7), Sine(3, 4, form="maml"), LinearBinary(20, 4, 9, balanced=False),
+                                 LinearBinary(20, 4, 9, subspace=3, balanced=False)])
 def test_sample_with_source_draws_the_same_tasks_from_the_same_stream(fam):
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for _ in range(2):
@@ -60,7 +60,7 @@ def test_sine_source_labels_with_the_task_parameters():
 
 
 def test_linear_source_labels_with_the_task_vector():
-    fam = LinearBinary(dim=20, support=4, query=9)
+    fam = LinearBinary(dim=20, support=4, query=9, balanced=False)
     _, src = fam.fixed_tasks_with_source(3, 0)
     w = torch.randn(3, 20, generator=torch.Generator().manual_seed(0))  # the first draw is w
     x, y = src.draw(200, torch.Generator().manual_seed(1))

@@ -138,28 +138,28 @@ class Sine(TaskFamily):
 
 
 class LinearBinary(TaskFamily):
-    """KFO §3.2: ``w ~ N(0, I_d)`` per task, ``x ~ N(0, I_d)``, label ``1[wᵀx > 0]``; BCE loss.
+    """KFO §3.2 and App. A.1.1: ``w ~ N(0, I_d)`` per task, ``x ~ N(0, I_d)``, label ``1[wᵀx > 0]``; BCE loss.
 
-    The support set is balanced (``support/2`` points per label): points are drawn from N(0, I)
-    and those on the wrong side are negated, which keeps each point N(0, I) given its label.
-    The query set is drawn as is. Shapes: x ``[n, N, d]``, y ``[n, N]`` (float 0/1).
+    The paper draws 1,000 points per task, from both sides of the boundary, and does not say how they
+    are split: the default is 500 support and 500 query points. Both sets are balanced (half the
+    points per label) when ``balanced`` (the default): points are drawn from N(0, I) and those on the
+    wrong side are negated, which keeps each point N(0, I) given its label. ``balanced=False`` draws
+    the query set as is. Shapes: x ``[n, N, d]``, y ``[n, N]`` (float 0/1).
 
-    With ``w ~ N(0, I_d)``, 10 support points and d = 100, no learner can do much better than
-    chance: even the projection of ``w`` onto the span of the support points has cosine
-    ≈ √(10/100) with ``w``, i.e. ≤ ~60% query accuracy. ``subspace=r`` (not in the paper; our
-    variant) draws ``w = U z`` with ``z ~ N(0, I_r)`` and a fixed random orthonormal ``U``
-    (``d × r``, from ``subspace_seed``): tasks then share structure that meta-learning can exploit.
+    ``subspace=r`` (not in the paper; our variant) draws ``w = U z`` with ``z ~ N(0, I_r)`` and a
+    fixed random orthonormal ``U`` (``d × r``, from ``subspace_seed``): tasks then share structure.
     """
 
     metric_name = "accuracy"
     higher_is_better = True
     output_dim = 1
 
-    def __init__(self, dim: int = 100, support: int = 10, query: int = 100, subspace: int | None = None,
-                 subspace_seed: int = 0):
-        if support % 2:
-            raise ValueError(f"linear task support size must be even (balanced labels), got {support}")
-        self.dim, self.support, self.query = int(dim), int(support), int(query)
+    def __init__(self, dim: int = 100, support: int = 500, query: int = 500, subspace: int | None = None,
+                 subspace_seed: int = 0, balanced: bool = True):
+        for what, n in (("support", support), ("query", query)):
+            if balanced and n % 2:
+                raise ValueError(f"linear task {what} size must be even (balanced labels), got {n}")
+        self.dim, self.support, self.query, self.balanced = int(dim), int(support), int(query), bool(balanced)
         self.input_shape = (self.dim,)
         self.basis = None
         if subspace is not None:
@@ -175,20 +175,27 @@ class LinearBinary(TaskFamily):
         x = torch.randn(w.shape[0], num, w.shape[1], generator=generator)
         return x, (torch.einsum("nkd,nd->nk", x, w) > 0).float()
 
+    @staticmethod
+    def _balanced(w: Tensor, num: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``num`` points per task, the first half labelled 1 and the second 0 (each point N(0, I) given its label)."""
+        x = torch.randn(w.shape[0], num, w.shape[1], generator=generator)
+        want = torch.ones(w.shape[0], num)
+        want[:, num // 2 :] = -1.0
+        side = torch.sign(torch.einsum("nkd,nd->nk", x, w))
+        side[side == 0] = 1.0
+        return x * (side * want).unsqueeze(-1), (want > 0).float()
+
     def sample_with_source(self, n: int, generator: torch.Generator) -> tuple[Task, PointSource]:
         if self.basis is None:
             w = torch.randn(n, self.dim, generator=generator)
         else:
             w = torch.randn(n, self.basis.shape[1], generator=generator) @ self.basis.T
-        xs = torch.randn(n, self.support, self.dim, generator=generator)
-        xq = torch.randn(n, self.query, self.dim, generator=generator)
-        want = torch.ones(n, self.support)
-        want[:, self.support // 2 :] = -1.0  # first half positive, second half negative
-        side = torch.sign(torch.einsum("nkd,nd->nk", xs, w))
-        side[side == 0] = 1.0
-        xs = xs * (side * want).unsqueeze(-1)
-        ys = (want > 0).float()
-        yq = (torch.einsum("nkd,nd->nk", xq, w) > 0).float()
+        xs, ys = self._balanced(w, self.support, generator)
+        if self.balanced:
+            xq, yq = self._balanced(w, self.query, generator)
+        else:
+            xq = torch.randn(n, self.query, self.dim, generator=generator)
+            yq = (torch.einsum("nkd,nd->nk", xq, w) > 0).float()
         return Task(xs, ys, xq, yq), PointSource(self._points, (w,))
 
     def sample(self, n: int, generator: torch.Generator) -> Task:

@@ -14,6 +14,7 @@ from innerloop.data.episodes import FewShotImages
 from innerloop.data.images.base import SplitData
 from innerloop.experiments.config import Config, ConfigError
 from innerloop.geometry import build_geometry
+from innerloop.geometry.blocks import model_layers
 from innerloop.models import MLP, Conv4, LinNet, LogisticRegression, ResNet12
 from innerloop.rules import BuildContext, build_rule
 
@@ -23,7 +24,7 @@ def build_family(cfg: Config) -> TaskFamily:
     if t.name == "sine":
         return Sine(t.k_shot, t.query, t.form)
     if t.name == "linear":
-        return LinearBinary(t.dim, t.support, t.query, t.subspace, t.subspace_seed)
+        return LinearBinary(t.dim, t.support, t.query, t.subspace, t.subspace_seed, t.balanced)
     if t.name == "images":
         return build_images(t)
     raise ConfigError(f"unknown task family {t.name!r}")
@@ -116,7 +117,8 @@ def build(cfg: Config, family: TaskFamily | None = None) -> tuple[TaskFamily, Me
     params = dict(model.named_parameters())
     steps = max(a.inner_steps, a.eval_inner_steps or a.inner_steps)
     dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
-    ctx = BuildContext({n: params[n].shape for n in names}, steps, dtype, learned_init=algo_cls.learns_init)
+    ctx = BuildContext({n: params[n].shape for n in names}, steps, dtype, learned_init=algo_cls.learns_init,
+                       layers=tuple(map(tuple, model_layers(model))))
     rule = build_rule(cfg.rule, ctx)
     geometry = build_geometry(cfg.geometry, ctx)
     try:

@@ -48,8 +48,9 @@ class SineConfig(Strict):
 class LinearConfig(Strict):
     name: Literal["linear"] = "linear"
     dim: PositiveInt = 100
-    support: PositiveInt = 10
-    query: PositiveInt = 100
+    support: PositiveInt = 500  # KFO: 1,000 points per task, split not stated: 500 / 500
+    query: PositiveInt = 500
+    balanced: bool = True  # half the support and query points per label
     subspace: PositiveInt | None = None  # our variant: w in a fixed random r-dim subspace
     subspace_seed: int = 0
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -329,4 +330,29 @@ def table_figure(table_json: str | Path, out: str | Path, *, kind: str = "line",
     if len(groups) > 1 or any(groups) or paper:
         ax.legend(fontsize=8)
     _title(fig, title if title is not None else report.get("title"))
+    return _save(fig, out)
+
+
+def validation_curves_figure(report: dict[str, Any], out: str | Path, *, title: str | None = None) -> Path | None:
+    """Each trained row's validation curve (one thin line per seed, the row's colour), from a results
+    table's ``runs[].val_curve``; ``None`` when no row has one (nothing is written then)."""
+    rows = [r for r in report.get("rows", []) if any(run.get("val_curve") for run in r.get("runs", []))]
+    if not rows:
+        return None
+    fig, (ax,) = _figure(1, width=8.0, height=4.8)
+    cmap = matplotlib.colormaps["tab20"]
+    for i, r in enumerate(rows):
+        colour = cmap(i % 20)
+        for j, run in enumerate(x for x in r["runs"] if x.get("val_curve")):
+            its, vals = zip(*run["val_curve"], strict=True)
+            style = "-" if run.get("converged") is not False else ":"
+            ax.plot(its, vals, style, color=colour, lw=1.2, alpha=0.85,
+                    label=r.get("label", r["name"]) if j == 0 else None)
+    metric = rows[0].get("metric", "metric")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel(f"validation {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    _title(fig, title if title is not None else f"{report.get('title', '')}: validation curves (one line per seed; "
+                                                "dotted: not converged)")
     return _save(fig, out)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from innerloop.experiments.config import ConfigError
+from innerloop.experiments.plot import validation_curves_figure
 from innerloop.experiments.reproduce import markdown, read_table, resolve_table
 from innerloop.experiments.verdict import MIN_SEEDS, check_claim
 
@@ -82,7 +83,21 @@ def table_section(name: str, report: dict[str, Any], table_file: Path | None, ou
         if draw:
             draw_figures(table.figure)
         out += figure_lines(table.figure, out_dir or Path.cwd())
+    out += curves_lines(name, report, out_dir or Path.cwd(), draw)
     return "\n".join(out) + "\n", verdicts
+
+
+def curves_lines(name: str, report: dict[str, Any], out_dir: Path, draw: bool) -> list[str]:
+    """The table's validation-curve figure (``figures/<table>_curves.png`` beside the report, drawn by
+    ``--draw``), which shows why a row is or is not converged."""
+    path = out_dir / "figures" / f"{name}_curves.png"
+    if draw:
+        if validation_curves_figure(report, path) is None:
+            return []
+    if not path.is_file():
+        return []
+    return ["", f"![validation curves of {name}](figures/{path.name})", "",
+            "*Validation curves, one line per training seed (dotted: the run did not converge).*"]
 
 
 def count_lines(counts: dict[str, dict[str, int]]) -> list[str]:

@@ -9,8 +9,9 @@ model sees ``φ = g(z)``, where ``g = (∇h)⁻¹`` is a learned invertible map:
 With plain SGD, ``u = −α ∇φ L`` and this is mirror descent ``z ← z − α ∇φ L(g(z))``.
 
 ``g`` is a block-wise inverse autoregressive flow (blockIAF). The adapted tensors are grouped
-into *blocks*, one per layer (the tensors sharing a module prefix, e.g. ``body.0.weight`` and
-``body.0.bias``), in parameter order; the classifier is the last block.
+into *blocks*, one per layer of the model (:mod:`innerloop.geometry.blocks`: a conv and the
+BatchNorm after it are one layer, so a 4-CONV with its head has 5 blocks), in module order; the
+classifier is the last block.
 
 * Block 1 is elementwise: ``φ = z ⊙ σ(w) + b`` with ``w``, ``b`` shaped like the tensors.
 * Block ``i > 1``: ``[a_i, μ_i] = d_i(c_i)`` with ``c_i = concat_{j<i} e_j(z_j)`` and
@@ -72,6 +73,7 @@ from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from innerloop.geometry.base import Geometry, GeometryConfig, register_geometry
+from innerloop.geometry.blocks import adapted_blocks
 from innerloop.params import safe_key
 from innerloop.rules.base import BuildContext
 from innerloop.types import Params
@@ -197,15 +199,6 @@ class BlockDecoder(nn.Module):
         return [dec(piece) for dec, piece in zip(self.tensors, torch.split(h, self.sizes), strict=True)]
 
 
-def layer_blocks(names: Sequence[str]) -> list[list[str]]:
-    """Group parameter names by module prefix (the part before the last "."), in order of first
-    appearance: ``[body.0.weight, body.0.bias, head.weight]`` → ``[[body.0.*], [head.weight]]``."""
-    blocks: dict[str, list[str]] = {}
-    for n in names:
-        blocks.setdefault(n.rpartition(".")[0], []).append(n)
-    return list(blocks.values())
-
-
 class MirrorMap(Geometry):
     """Mirror-descent geometry with a learned inverse mirror map ``g`` (blockIAF, see the module
     docstring). State: the dual variable ``z`` (a dict like the parameters); ``params(z) = g(z)``;
@@ -221,10 +214,13 @@ class MirrorMap(Geometry):
         heads: ``"learnable"`` (one zero factor per head, the default) or ``"zero"`` (every factor
             zero, as released: the weights of a head for a tensor with two or more modes then never
             move, only its bias and the heads of 1-D tensors learn).
+        layers: the model's parameter names grouped by layer (:func:`~innerloop.geometry.blocks.model_layers`);
+            a block is one layer's adapted tensors. Without it, tensors are grouped by module prefix.
     """
 
     def __init__(self, shapes: dict[str, torch.Size], *, scale: str = "sigmoid", depth: int = 3,
-                 dtype: torch.dtype = torch.float32, heads: str = "learnable"):
+                 dtype: torch.dtype = torch.float32, heads: str = "learnable",
+                 layers: Sequence[Sequence[str]] | None = None):
         super().__init__()
         if scale not in ("sigmoid", "exp"):
             raise ValueError(f"scale must be 'sigmoid' or 'exp', got {scale!r}")
@@ -237,7 +233,7 @@ class MirrorMap(Geometry):
             raise ValueError("the mirror geometry needs at least one adapted tensor")
         self.scale = scale
         self.names = list(shapes)
-        self.blocks = layer_blocks(self.names)
+        self.blocks = adapted_blocks(self.names, layers)
         first = self.blocks[0]
         # block 1: φ = z ⊙ σ(w) + b, identity at w = b = 0
         self.first_scale = nn.ParameterDict(
@@ -294,4 +290,5 @@ class MirrorConfig(GeometryConfig):
 
 @register_geometry("mirror", MirrorConfig)
 def _build_mirror(cfg: MirrorConfig, ctx: BuildContext) -> MirrorMap:
-    return MirrorMap(dict(ctx.shapes), scale=cfg.scale, depth=cfg.depth, dtype=ctx.dtype, heads=cfg.heads)
+    return MirrorMap(dict(ctx.shapes), scale=cfg.scale, depth=cfg.depth, dtype=ctx.dtype, heads=cfg.heads,
+                     layers=ctx.layers)

@@ -116,6 +116,8 @@ class BuildContext:
     num_steps: int  # the largest number of inner steps it will be asked to take (train or eval)
     dtype: torch.dtype = torch.float32  # dtype of the meta-parameters (that of the model)
     learned_init: bool = True  # False under the random-init algorithm (θ0 is not meta-learned)
+    #: the model's parameter names grouped by layer (geometry.blocks.model_layers); None: unknown
+    layers: tuple[tuple[str, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
