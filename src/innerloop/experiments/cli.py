@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from innerloop import __version__
 from innerloop.errors import UserError
 from innerloop.experiments import distributed
 from innerloop.experiments.config import ConfigError, load
@@ -71,7 +72,7 @@ def cmd_reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
     from innerloop.experiments.reproduce import markdown, reproduce
 
     report = reproduce(args.table, scale=args.scale, out_root=args.out, jobs=args.jobs, only=args.rows,
-                       restart_stale=args.restart_stale)
+                       restart_stale=args.restart_stale, smoke=args.smoke)
     print(markdown(report))
     return 0
 
@@ -197,6 +198,7 @@ def make_parser() -> argparse.ArgumentParser:
         description="Gradient-based meta-learning with learned inner-loop update rules.",
         epilog="Config overrides are section.key=value (or --section.key=value), e.g. rule.lr=0.05.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="meta-train a run from a config file, then test it",
@@ -234,6 +236,8 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="results", help="results root (default results/)")
     r.add_argument("--jobs", type=int, default=1, help="rows trained at once (each with 1 thread when > 1)")
     r.add_argument("--rows", nargs="+", help="only these row names")
+    r.add_argument("--smoke", action="store_true", help="one meta-step per row, one seed, 2 validation and 2 "
+                   "test tasks: check that the rows build and run (write to a scratch --out)")
     r.add_argument("--restart-stale", action="store_true", help="runs whose stored config differs from the "
                    "table's (other than more iterations, which resumes them) are renamed *.staleN and run again; "
                    "without it such runs stop the command before anything runs")

@@ -154,19 +154,21 @@ def _check_rows(p: Path, table: Table) -> None:
                                   f"series {r.series!r}")
 
 
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # shipped in the wheel (a link in the source tree)
+
+
 def resolve_table(name: str | Path) -> Path:
     """A table file path, or a bare table name looked up as ``configs/tables/NAME.toml`` in the working
-    directory, then in the source tree."""
+    directory, then among the tables shipped with the package."""
     p = Path(name)
     if p.is_file() or p.suffix or len(p.parts) > 1:
         return p
-    roots = [Path.cwd(), Path(__file__).resolve().parents[3]]
-    candidates = list(dict.fromkeys(r / "configs" / "tables" / f"{p.name}.toml" for r in roots))
-    for c in candidates:
-        if c.is_file():
-            return c
-    known = sorted({t.stem for c in candidates if c.parent.is_dir() for t in c.parent.glob("*.toml")})
-    raise ConfigError(f"no table named {str(name)!r}: looked for {', '.join(map(str, candidates))}"
+    dirs = list(dict.fromkeys([Path.cwd() / "configs" / "tables", PACKAGE_CONFIGS / "tables"]))
+    for d in dirs:
+        if (d / f"{p.name}.toml").is_file():
+            return d / f"{p.name}.toml"
+    known = sorted({t.stem for d in dirs if d.is_dir() for t in d.glob("*.toml")})
+    raise ConfigError(f"no table named {str(name)!r}: looked for {', '.join(str(d / f'{p.name}.toml') for d in dirs)}"
                       + (f" (tables: {', '.join(known)})" if known else ""))
 
 
@@ -190,6 +192,9 @@ def runs_at(row: Row, scale: str) -> bool:
 
 def row_seeds(table: Table, row: Row) -> int:
     return row.seeds or table.seeds
+
+
+SMOKE = ["train.iterations=1", "train.val_every=1", "train.val_tasks=2", "train.checkpoint_every=1", "eval.tasks=2"]
 
 
 def run_dirs(out: Path, table: Table, row: Row) -> list[tuple[int | None, Path]]:
@@ -344,9 +349,15 @@ def stored_row(table_path: Path, table: Table, row: Row, scale: str, out: Path) 
 
 
 def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "results", jobs: int = 1,
-              only: list[str] | None = None, restart_stale: bool = False) -> dict[str, Any]:
+              only: list[str] | None = None, restart_stale: bool = False, smoke: bool = False) -> dict[str, Any]:
+    """Run the rows of a table (see the module docstring). ``smoke``: one meta-step per row, one seed, a
+    couple of validation and test tasks — a check that every row builds and runs, written under
+    ``out_root`` like a real run (use a scratch directory)."""
     table_path = resolve_table(table_path)
     table = read_table(table_path)
+    if smoke:
+        table = table.model_copy(update={"seeds": 1, "row": [r.model_copy(update={"seeds": 1}) for r in table.row],
+                                         "scale": {k: [*v, *SMOKE] for k, v in table.scale.items()}})
     if scale not in table.scale:
         raise ConfigError(f"{table_path} has no scale {scale!r} (it has: {', '.join(table.scale)})")
     unknown = sorted(set(only or []) - {r.name for r in table.row})
