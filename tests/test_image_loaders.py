@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -139,6 +140,28 @@ def test_omniglot_zip_and_torchvision_layouts_match_folders(tmp_path):
         assert got.classes == ref.classes
         assert all(torch.equal(g, r) for g, r in zip(got.data, ref.data, strict=True))
     assert not any(p.suffix in (".png", ".tmp") for p in (tmp_path / "b" / "omniglot").iterdir())  # nothing extracted
+
+
+def test_omniglot_from_images_background_alone(tmp_path):
+    make_omniglot(tmp_path / "a" / "omniglot")
+    shutil.rmtree(tmp_path / "a" / "omniglot" / "images_evaluation")
+    (tmp_path / "b" / "omniglot").mkdir(parents=True)
+    with zipfile.ZipFile(tmp_path / "b" / "omniglot" / "images_background.zip", "w") as zf:
+        for f in sorted((tmp_path / "a" / "omniglot" / "images_background").rglob("*.png")):
+            zf.write(f, f.relative_to(tmp_path / "a" / "omniglot").as_posix())
+    assert omniglot.LOCATOR.locate(tmp_path / "a").layout == "image folders (images_background only)"
+    assert omniglot.LOCATOR.locate(tmp_path / "b").layout == "zip archives (images_background only)"
+    background = {"train": ["Alpha_A/character01", "Alpha_A/character02"], "val": ["Alpha_A/character03"],
+                  "test": ["Alpha_B/character01", "Alpha_B/character02"]}
+    sf = write_toml(tmp_path / "split.toml", **background)
+    for root in (tmp_path / "a", tmp_path / "b"):
+        got = load_split("omniglot", root, "test", split_file=sf, cache=False)
+        assert got.classes == background["test"] and got.data[0].shape == (3, 1, 28, 28)
+        with pytest.raises(DatasetError, match="only images_background.*split_rule=background"):
+            load_split("omniglot", root, "train", split_rule="vinyals", cache=False)
+    names = [f"alpha{a:02d}/character{c:02d}" for a in range(30) for c in range(1, 34)][:964]
+    split = omniglot.maml_split(names, omniglot.BACKGROUND_SIZES)
+    assert [len(split[s]) for s in ("train", "val", "test")] == [664, 100, 200]
 
 
 def test_omniglot_maml_rule_on_synthetic_1623_characters():

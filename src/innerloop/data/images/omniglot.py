@@ -15,6 +15,10 @@ Split rules (keyword ``split_rule``; a ``split_file`` overrides both):
   then shuffled with Python's ``random.Random(1).shuffle`` -- the same generator and algorithm as MAML,
   on a fixed order; the first 1100 are train, the next 100 val, the remaining 423 test.
 * ``"vinyals"`` -- Vinyals et al.'s 1028 / 172 / 423 split by alphabet (``splits/omniglot_vinyals.toml``).
+* ``"background"`` -- when only ``images_background`` is present (the 964 characters of its 30
+  alphabets; many copies of Omniglot hold just that part): the same seeded shuffle as ``"maml"`` on
+  those names, 664 train / 100 val / 200 test. It is the default for that layout, and the only rule
+  besides a split file that fits it (MAML's and Vinyals' splits need both parts).
 
 Decoding all 32460 images takes a few seconds; the result is cached in the dataset folder as
 ``innerloop-omniglot-28.npz`` when that folder is writable (written to a temporary file and renamed,
@@ -55,6 +59,8 @@ NAME = "omniglot"
 SIZE = 28
 PARTS = ("images_background", "images_evaluation")
 MAML_SIZES = (1100, 100)  # train, val; test is every remaining character (423 of 1623)
+BACKGROUND_SIZES = (664, 100)  # train, val; test is the remaining 200 of the 964 background characters
+BACKGROUND_ONLY = " (images_background only)"
 CACHE_NAME = "innerloop-omniglot-28.npz"
 ZIP_MD5 = {"images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
            "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811"}
@@ -65,15 +71,26 @@ LAYOUTS = (
     "torchvision's omniglot-py/images_background/ + omniglot-py/images_evaluation/",
     "the two zips images_background.zip (md5 68d2efa1b9178cc56df9314c21c6e718) + images_evaluation.zip "
     "(md5 6b91aef0f799c5bb55b94e3f2daec811), read in place",
+    "images_background alone (folder or zip) in any of the places above: its 964 characters, split 664 / 100 / 200 "
+    "by the 'background' rule (or a split file)",
 )
 
 
 def _probe(p: Path) -> str | None:
+    folders = "omniglot-py folders (torchvision)" if p.name == "omniglot-py" else "image folders"
     if all((p / part).is_dir() for part in PARTS):
-        return "omniglot-py folders (torchvision)" if p.name == "omniglot-py" else "image folders"
+        return folders
     if all((p / f"{part}.zip").is_file() for part in PARTS):
         return "zip archives"
+    if (p / PARTS[0]).is_dir():
+        return folders + BACKGROUND_ONLY
+    if (p / f"{PARTS[0]}.zip").is_file():
+        return "zip archives" + BACKGROUND_ONLY
     return None
+
+
+def _parts(layout: str) -> tuple[str, ...]:
+    return PARTS[:1] if layout.endswith(BACKGROUND_ONLY) else PARTS
 
 
 LOCATOR = register_locator(Locator(
@@ -83,11 +100,12 @@ LOCATOR = register_locator(Locator(
 
 
 # ---- split rules -----------------------------------------------------------------------------
-def maml_split(names: Sequence[str]) -> dict[str, list[str]]:
-    """MAML's seed-1 rule on a fixed order: sort, ``random.Random(1).shuffle``, cut 1100 / 100 / rest."""
+def maml_split(names: Sequence[str], sizes: tuple[int, int] | None = None) -> dict[str, list[str]]:
+    """MAML's seed-1 rule on a fixed order: sort, ``random.Random(1).shuffle``, cut 1100 / 100 / rest
+    (``sizes``: train and val; the background rule cuts 664 / 100 / rest)."""
     order = sorted(names)
     random.Random(1).shuffle(order)
-    n_train, n_val = MAML_SIZES
+    n_train, n_val = sizes or MAML_SIZES
     return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
 
 
@@ -116,10 +134,10 @@ def vinyals_split(names: Sequence[str]) -> dict[str, list[str]]:
 
 
 # ---- reading the files -----------------------------------------------------------------------
-def _list_folders(p: Path) -> tuple[dict[str, list], str]:
+def _list_folders(p: Path, parts: tuple[str, ...] = PARTS) -> tuple[dict[str, list], str]:
     chars: dict[str, list] = {}
     h = hashlib.sha256()
-    for part in PARTS:
+    for part in parts:
         for alphabet in subdirs_of(p / part):
             for char in subdirs_of(alphabet):
                 name = f"{alphabet.name}/{char.name}"
@@ -133,10 +151,10 @@ def _list_folders(p: Path) -> tuple[dict[str, list], str]:
     return chars, h.hexdigest()
 
 
-def _list_zips(p: Path) -> tuple[dict[str, list], str]:
+def _list_zips(p: Path, parts: tuple[str, ...] = PARTS) -> tuple[dict[str, list], str]:
     chars: dict[str, list] = {}
     h = hashlib.sha256()
-    for part in PARTS:
+    for part in parts:
         zpath = p / f"{part}.zip"
         try:
             with zipfile.ZipFile(zpath) as zf:
@@ -225,7 +243,9 @@ _MEMO: dict[tuple[str, str], tuple[list[str], list[np.ndarray]]] = {}
 
 def characters(found: Found, cache: bool = True) -> tuple[list[str], list[np.ndarray]]:
     """All character names (sorted) and their decoded drawings, from the cache when it is current."""
-    chars, key = _list_folders(found.path) if found.layout != "zip archives" else _list_zips(found.path)
+    parts = _parts(found.layout)
+    lister = _list_zips if found.layout.startswith("zip archives") else _list_folders
+    chars, key = lister(found.path, parts)
     if not chars:
         raise fail(f"{NAME}: no character folders found in {found.path} ({found.layout})")
     memo_key = (str(found.path), key)
@@ -245,19 +265,27 @@ def characters(found: Found, cache: bool = True) -> tuple[list[str], list[np.nda
 
 
 @register_dataset(NAME, layouts="\n".join(LAYOUTS), rotate=True)
-def load(root, split: str, *, split_file=None, split_rule: str = "maml", cache: bool = True) -> TensorSplit:
-    """Omniglot ``split`` (train/val/test) under ``root``: 28x28 inverted, 1 channel, in memory."""
+def load(root, split: str, *, split_file=None, split_rule: str | None = None, cache: bool = True) -> TensorSplit:
+    """Omniglot ``split`` (train/val/test) under ``root``: 28x28 inverted, 1 channel, in memory.
+    ``split_rule`` defaults to ``"maml"``, or ``"background"`` when only images_background is there."""
     check_split(NAME, split)
     found = LOCATOR.find(root)
+    background_only = found.layout.endswith(BACKGROUND_ONLY)
     names, arrays = characters(found, cache)
+    rule = split_rule or ("background" if background_only else "maml")
+    if split_file is None and background_only and rule != "background":
+        raise fail(f"{NAME}: only images_background was found under {found.path} (964 characters); split_rule "
+                   f"{rule!r} needs images_evaluation too: use split_rule=background (664 / 100 / 200) or a split_file")
     if split_file is not None:
         table, source = read_split_file(split_file, NAME), f"split file {split_file}"
-    elif split_rule == "maml":
+    elif rule == "background":
+        table, source = maml_split(names, BACKGROUND_SIZES), "the background-only seed-1 split"
+    elif rule == "maml":
         table, source = maml_split(names), "MAML's seed-1 split"
-    elif split_rule == "vinyals":
+    elif rule == "vinyals":
         table, source = vinyals_split(names), "Vinyals' split"
     else:
-        raise fail(f"{NAME}: unknown split_rule {split_rule!r} (rules: maml, vinyals)")
+        raise fail(f"{NAME}: unknown split_rule {rule!r} (rules: maml, vinyals, background)")
     classes = split_classes(NAME, split, names, table, source)
     index = {n: i for i, n in enumerate(names)}
     data = [torch.from_numpy(arrays[index[c]]).unsqueeze(1) for c in classes]
