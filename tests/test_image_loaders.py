@@ -642,3 +642,18 @@ def test_data_check_default_root_from_environment(tmp_path, capsys, monkeypatch)
 
 def test_dataset_modules_are_importable_by_name():
     assert {m.NAME for m in (omniglot, mini_imagenet, tiered_imagenet, cub, aircraft, dogs)} <= set(DATASETS)
+
+
+def test_cross_domain_test_set_takes_its_own_split_file(tmp_path):
+    from innerloop.experiments.build import build_family
+    from innerloop.experiments.config import ConfigError, load
+
+    make_omniglot(tmp_path / "omniglot")
+    sf = write_toml(tmp_path / "split.toml", **OMNI_SPLIT)
+    cfg = load(None, ["task.name=images", "task.dataset=glyphs", "task.test_dataset=omniglot",
+                      f"task.test_root={tmp_path}", f"task.test_split_file={sf}", "task.n_way=2"])
+    family = build_family(cfg)
+    assert family.splits["test"].classes == OMNI_SPLIT["test"] and family.splits["val"].classes == OMNI_SPLIT["val"]
+    assert len(family.splits["train"].classes) > 100  # the glyphs' own training classes
+    with pytest.raises(ConfigError, match="test_split_file.*task.split_file"):
+        build_family(load(None, ["task.name=images", f"task.test_split_file={sf}"]))

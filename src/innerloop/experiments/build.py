@@ -54,12 +54,17 @@ def build_images(t) -> FewShotImages:
     for name in (t.dataset, t.test_dataset):
         if name is not None and name not in DATASETS:
             raise ConfigError(f"task.dataset: unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
+    if t.test_split_file and not t.test_dataset:
+        raise ConfigError("task.test_split_file is the cross-domain test dataset's split file; without "
+                          "task.test_dataset use task.split_file")
     opts = {**t.options, **({"split_file": t.split_file} if t.split_file else {})}
     test_name, test_root = (t.test_dataset, t.test_root) if t.test_dataset else (t.dataset, t.root)
+    # cross-domain: the test dataset's own split file (its options are its own, not the training set's)
+    test_opts = ({"split_file": t.test_split_file} if t.test_split_file else {}) if t.test_dataset else opts
     loaders = {
         "train": lambda: load_split(t.dataset, t.root, "train", **opts),
-        "val": lambda: load_split(test_name, test_root, "val", **({} if t.test_dataset else opts)),
-        "test": lambda: load_split(test_name, test_root, "test", **({} if t.test_dataset else opts)),
+        "val": lambda: load_split(test_name, test_root, "val", **test_opts),
+        "test": lambda: load_split(test_name, test_root, "test", **test_opts),
     }
     rotate = DATASETS[t.dataset].rotate if t.rotate is None else t.rotate
     return FewShotImages(_LazySplits(loaders), t.n_way, t.k_shot, t.query, rotate=rotate)

@@ -64,6 +64,7 @@ class ImagesConfig(Strict):
     split_file: str | None = None  # class names per split, overriding the built-in split
     test_dataset: str | None = None  # cross-domain: validate and test on another dataset
     test_root: str | None = None
+    test_split_file: str | None = None  # class names per split of the test dataset (cross-domain)
     n_way: PositiveInt = 5
     k_shot: PositiveInt = 1
     query: PositiveInt = 15  # query images per class
