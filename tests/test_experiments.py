@@ -36,6 +36,20 @@ def test_unknown_keys_are_listed_with_the_valid_ones():
     assert "train.iters" in msg and "iterations" in msg
 
 
+def test_a_tilde_override_drops_a_key_so_the_rule_can_change(tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[rule]\nname = "sgd"\nlr = 0.05\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'rule.lr'.*drop it with ~rule.lr"):
+        load(cfg_file, ["rule.name=mlplr"])
+    cfg = load(cfg_file, ["rule.name=mlplr", "~rule.lr", "rule.lr_max=1.0"])
+    assert cfg.rule.name == "mlplr" and cfg.rule.lr_max == 1.0
+    with pytest.raises(ConfigError, match="no key 'rule.nope' to drop"):
+        load(cfg_file, ["~rule.nope"])
+    assert main(["train", str(cfg_file), "rule.name=mlplr", "~rule.lr", *TINY, "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["rule"]["name"] == "mlplr"
+
+
 def test_wrong_type_names_the_key():
     with pytest.raises(ConfigError, match=r"train\.meta_batch"):
         load(None, ["train.meta_batch=many"])

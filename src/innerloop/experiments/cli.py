@@ -348,7 +348,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args, rest = parser.parse_known_args(argv)
-    bad = [r for r in rest if "=" not in r]
+    bad = [r for r in rest if "=" not in r and not r.lstrip("-").startswith("~")]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     try:

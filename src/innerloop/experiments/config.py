@@ -212,7 +212,7 @@ def _unknown_keys(data: dict, cls: type[BaseModel], path: str, out: list[str]) -
         if field is None:
             valid = ", ".join(cls.model_fields)
             where = f"[{path.rstrip('.')}]" if path else "the top level"
-            out.append(f"unknown key '{path}{key}' (valid keys in {where}: {valid})")
+            out.append(f"unknown key '{path}{key}' (valid keys in {where}: {valid}; drop it with ~{path}{key})")
             continue
         members = _union_members(field.annotation)
         if members and isinstance(value, dict) and "name" not in value:
@@ -277,9 +277,13 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``section.key=value`` (or ``--section.key=value``) overrides to a raw config dict."""
+    """Apply ``section.key=value`` (or ``--section.key=value``) overrides to a raw config dict, in order;
+    ``~section.key`` drops a key (e.g. the old rule's options after ``rule.name=...``)."""
     for item in overrides:
         text = item[2:] if item.startswith("--") else item
+        if text.startswith("~"):
+            _drop(data, text[1:].strip(), item)
+            continue
         if "=" not in text:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         key, value = text.split("=", 1)
@@ -292,6 +296,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = nxt
         node[parts[-1]] = _parse_value(value.strip())
     return data
+
+
+def _drop(data: dict, key: str, item: str) -> None:
+    node: Any = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.get(p) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise ConfigError(f"override {item!r}: the config has no key {key!r} to drop")
+    del node[parts[-1]]
 
 
 def read_file(path: str | Path) -> dict:
