@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES = sorted((ROOT / "configs" / "tables").glob("*.toml"))
 # image shapes of the datasets the tables name (no data is read: the family is a stub)
 SHAPES = {"glyphs": (1, 28, 28), "omniglot": (1, 28, 28), "mini_imagenet": (3, 84, 84),
-          "tiered_imagenet": (3, 84, 84), "cub": (3, 84, 84), "cifar_fs": (3, 32, 32)}
+          "tiered_imagenet": (3, 84, 84), "cub": (3, 84, 84), "cifar_fs": (3, 32, 32),
+          "aircraft": (3, 84, 84), "dogs": (3, 84, 84)}
 
 
 def accuracy(out, y):
