@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES = sorted((ROOT / "configs" / "tables").glob("*.toml"))
 # image shapes of the datasets the tables name (no data is read: the family is a stub)
 SHAPES = {"glyphs": (1, 28, 28), "omniglot": (1, 28, 28), "mini_imagenet": (3, 84, 84),
-          "tiered_imagenet": (3, 84, 84), "cub": (3, 84, 84), "cifar_fs": (3, 32, 32)}
+          "tiered_imagenet": (3, 84, 84), "cub": (3, 84, 84), "cifar_fs": (3, 32, 32),
+          "aircraft": (3, 84, 84), "dogs": (3, 84, 84)}
 
 
 def accuracy(out, y):
@@ -41,10 +42,15 @@ def stub_family(cfg):
 
 def test_every_table_is_found():
     names = {p.stem for p in TABLES}
-    expected = {"alfa_table1", "alfa_table2", "alfa_table4", "alfa_table5", "alfa_table6", "alfa_table7", "alfa_table8",
-                "mlplr_table1", "mlplr_table2", "mlplr_table3", "mlplr_classes", "kfo_synthetic", "kfo_table2",
-                "kfo_tableA1", "kfo_layers", "kfo_depth", "metamida_table1", "metamida_convergence"}
+    # the papers' own tables (ALFA Table 3 needs Meta-Dataset; ALFA Table 6 and KFO Table 1's Omniglot part are
+    # not implemented: see the report of issue 14) and our variants, named as such
+    expected = {"alfa_table1", "alfa_table2", "alfa_table4", "alfa_table5", "alfa_table7", "alfa_table8",
+                "mlplr_table1", "mlplr_table2", "mlplr_table3", "kfo_synthetic", "kfo_table2", "kfo_tableA1",
+                "metamida_table1"}
     assert expected <= names
+    for path in TABLES:  # a table not named after a paper's table says so in its title
+        if path.stem not in expected | {"glyphs_maml", "sine_rules", "mlplr_sweep"}:
+            assert "variant" in read_table(path).title.lower(), path.name
 
 
 @pytest.mark.parametrize("path", TABLES, ids=[p.stem for p in TABLES])
