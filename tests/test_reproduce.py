@@ -171,3 +171,12 @@ def test_stale_runs_stop_reproduce_unless_set_aside_and_more_iterations_extend(t
 def test_unknown_rows_are_an_error(table, tmp_path):
     assert main(["reproduce", str(table), "--out", str(tmp_path / "res"), "--rows", "nope"]) == 2
     assert not (tmp_path / "res").exists()
+
+
+def test_collect_rewrites_the_report_without_training(table, tmp_path):
+    out = tmp_path / "res"
+    reproduce(table, out_root=out, only=["sgd"])
+    table.write_text(TABLE.replace('title = "tiny"', 'title = "tiny, retitled"'))
+    report = reproduce(table, out_root=out, collect=True)
+    assert report["title"] == "tiny, retitled" and report["rows"][0]["iteration"] == 2
+    assert report["rows"][1]["not_run"] and not (out / "tiny" / "msgd").exists()

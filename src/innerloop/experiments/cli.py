@@ -72,7 +72,7 @@ def cmd_reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
     from innerloop.experiments.reproduce import markdown, reproduce
 
     report = reproduce(args.table, scale=args.scale, out_root=args.out, jobs=args.jobs, only=args.rows,
-                       restart_stale=args.restart_stale, smoke=args.smoke)
+                       restart_stale=args.restart_stale, smoke=args.smoke, collect=args.collect)
     print(markdown(report))
     return 0
 
@@ -236,6 +236,8 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="results", help="results root (default results/)")
     r.add_argument("--jobs", type=int, default=1, help="rows trained at once (each with 1 thread when > 1)")
     r.add_argument("--rows", nargs="+", help="only these row names")
+    r.add_argument("--collect", action="store_true", help="train nothing: rewrite results/<table>.json and .md "
+                   "from the finished runs on disk (after a table file's notes or rows changed)")
     r.add_argument("--smoke", action="store_true", help="one meta-step per row, one seed, 2 validation and 2 "
                    "test tasks: check that the rows build and run (write to a scratch --out)")
     r.add_argument("--restart-stale", action="store_true", help="runs whose stored config differs from the "

@@ -349,10 +349,12 @@ def stored_row(table_path: Path, table: Table, row: Row, scale: str, out: Path) 
 
 
 def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "results", jobs: int = 1,
-              only: list[str] | None = None, restart_stale: bool = False, smoke: bool = False) -> dict[str, Any]:
+              only: list[str] | None = None, restart_stale: bool = False, smoke: bool = False,
+              collect: bool = False) -> dict[str, Any]:
     """Run the rows of a table (see the module docstring). ``smoke``: one meta-step per row, one seed, a
     couple of validation and test tasks — a check that every row builds and runs, written under
-    ``out_root`` like a real run (use a scratch directory)."""
+    ``out_root`` like a real run (use a scratch directory). ``collect``: train nothing, only rewrite
+    ``results/<table>.json`` and ``.md`` from the finished runs on disk (stale runs are left out)."""
     table_path = resolve_table(table_path)
     table = read_table(table_path)
     if smoke:
@@ -364,7 +366,7 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
     if unknown:
         raise ConfigError(f"{table_path}: no row named {', '.join(unknown)} "
                           f"(rows: {', '.join(r.name for r in table.row)})")
-    rows = [r for r in table.row if (not only or r.name in only) and runs_at(r, scale)]
+    rows = [] if collect else [r for r in table.row if (not only or r.name in only) and runs_at(r, scale)]
     # validate every row's config before running anything
     for r in rows:
         row_config(table_path, table, r, scale)
