@@ -2,9 +2,10 @@
 
 from innerloop.algorithms.anil import ANIL
 from innerloop.algorithms.base import EvalOutput, MetaAlgorithm, without_norm
-from innerloop.algorithms.inner_loop import autograd_value_and_grad, func_value_and_grad, inner_loop
+from innerloop.algorithms.inner_loop import inner_loop
 from innerloop.algorithms.maml import FOMAML, MAML
 from innerloop.algorithms.random_init import RandomInit
+from innerloop.executors.grads import autograd_value_and_grad, func_value_and_grad
 
 ALGORITHMS: dict[str, type[MetaAlgorithm]] = {
     "maml": MAML,
