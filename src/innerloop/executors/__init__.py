@@ -5,9 +5,9 @@ Add one by subclassing :class:`Executor` and registering it:
 ``algo.meta_backward(batch, "mine")`` find it.
 """
 
-from innerloop.executors.base import Executor, TaskEnv, resolve
+from innerloop.executors.base import Executor, TaskEnv, TaskFn, resolve
 from innerloop.executors.loop import Loop
 from innerloop.executors.threads import Threads
 from innerloop.executors.vmap import Vmap
 
-__all__ = ["Executor", "Loop", "TaskEnv", "Threads", "Vmap", "resolve"]
+__all__ = ["Executor", "Loop", "TaskEnv", "TaskFn", "Threads", "Vmap", "resolve"]
