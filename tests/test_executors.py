@@ -114,3 +114,24 @@ def test_distributed_two_ranks_match_one_process(tmp_path):
         for k, g in grads_of(algo).items():
             torch.testing.assert_close(torch.tensor(o["grads"][k], dtype=g.dtype), g, rtol=1e-10, atol=1e-13)
         torch.testing.assert_close(torch.tensor(o["eval"], dtype=ev.loss.dtype), ev.loss, rtol=1e-12, atol=1e-14)
+
+
+def test_threads_equals_the_single_threaded_loop_bit_for_bit():
+    """float32, conv + batch norm: the threads executor runs each task with single-threaded kernels,
+    so it is the loop with one intra-op thread, bit for bit (docs/performance.md, issue 15 item 7)."""
+    from test_memory_controls import _conv_build
+
+    def grads(executor, threads):
+        algo, batch = _conv_build(steps=2)()
+        algo = algo.float()
+        batch = type(batch)(*(t.float() if t.is_floating_point() else t for t in batch))
+        n = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            algo.meta_backward(batch, executor)
+        finally:
+            torch.set_num_threads(n)
+        return grads_of(algo)
+
+    a, b = grads(Loop(), 1), grads(Threads(), 2)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
