@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {}
+_REGISTRY: dict[str, dict[str, Any]] = {}
+_version = 0  # bumped by every registration (the config rebuilds its unions when it changed)
 
 
 class UnknownName(ValueError):
@@ -22,13 +23,16 @@ class UnknownName(ValueError):
 
 
 def register(kind: str, name: str) -> Callable[[F], F]:
-    """Decorator: register ``factory`` as ``name`` of ``kind``; returns the factory unchanged."""
+    """Decorator: register ``factory`` (a class, a function or a spec object) as ``name`` of
+    ``kind``; returns it unchanged. Registering a name twice is an error."""
 
     def deco(factory: F) -> F:
+        global _version
         table = _REGISTRY.setdefault(kind, {})
         if name in table and table[name] is not factory:
-            raise ValueError(f"{kind} {name!r} is already registered (by {_origin(table[name])})")
+            raise ValueError(f"{kind} {name!r} registered twice (first by {_origin(table[name])})")
         table[name] = factory
+        _version += 1
         return factory
 
     return deco
@@ -42,10 +46,25 @@ def lookup(kind: str, name: str) -> Callable[..., Any]:
     return table[name]
 
 
+def table(kind: str) -> dict[str, Any]:
+    """The live name → factory table of ``kind`` (read it; register through :func:`register`)."""
+    return _REGISTRY.setdefault(kind, {})
+
+
+def version() -> int:
+    """A number that changes whenever anything is registered."""
+    return _version
+
+
+def kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
 def names(kind: str) -> list[str]:
     """Registered names of ``kind``, sorted."""
     return sorted(_REGISTRY.get(kind, {}))
 
 
-def _origin(factory: Callable[..., Any]) -> str:
-    return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}"
+def _origin(factory: Any) -> str:
+    target = getattr(factory, "build", None) or getattr(factory, "load", None) or factory
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__name__)}"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from innerloop import registry
 from innerloop.algorithms.base import MetaAlgorithm
 from innerloop.types import Params, Task
 
@@ -19,6 +20,7 @@ def _sub(tensors: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+@registry.register("algorithm", "anil")
 class ANIL(MetaAlgorithm):
     @classmethod
     def adapted_names(cls, model: nn.Module) -> list[str]:

@@ -26,7 +26,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
-from innerloop import registry
 from innerloop.executors import Executor, TaskFn, resolve
 from innerloop.experiments.config import ConfigError
 from innerloop.types import Task
@@ -247,6 +246,9 @@ class Distributed(Executor):
     gradients and the statistics are averaged over ranks (so ``.grad`` is the single-process mean
     over the whole meta-batch). ``map`` / ``evaluate``: this rank's share of the tasks, gathered
     in task order on every rank (on the CPU). With one process it is ``inner`` exactly.
+
+    Not registered under a name: it wraps another executor, and ``train()`` still splits the
+    meta-batch itself (using it there replaces the split / all-reduce / mean-stats lines).
     """
 
     name = "distributed"
@@ -274,5 +276,3 @@ class Distributed(Executor):
     def __repr__(self) -> str:
         return f"Distributed(inner={self.inner!r})"
 
-
-registry.register("executor", "distributed")(Distributed)
