@@ -251,3 +251,45 @@ def test_the_refused_case_is_really_wrong_in_this_torch(norm):
     exact = _run("loop", norm=norm, exact=False)[2]
     worst = max(((native[k] - exact[k]).norm() / exact[k].norm()).item() for k in exact)
     assert worst > 1e-6
+
+
+class _Tied(nn.Module):
+    def __init__(self, share_module: bool):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        if share_module:
+            self.b = self.a  # the same module under two names
+        else:
+            self.b = nn.Linear(4, 4)
+            self.b.weight, self.b.bias = self.a.weight, self.a.bias  # tied parameters
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+def _tied_algo():
+    torch.manual_seed(0)
+    return MAML(_Tied(False).to(DT), SGD(0.1), loss_fn=F.mse_loss, metric_fn=F.mse_loss, inner_steps=2)
+
+
+def test_shared_modules_are_refused_and_tied_parameters_work():
+    with pytest.raises(ValueError, match=r"module 'b' is the same object as 'a'.*model\.b\.weight = model\.a\.weight"):
+        MAML(_Tied(True), SGD(0.1), loss_fn=F.mse_loss, metric_fn=F.mse_loss, inner_steps=2)
+    g = torch.Generator().manual_seed(1)
+    batch = Task(torch.randn(3, 5, 4, generator=g, dtype=DT), torch.randn(3, 5, 1, generator=g, dtype=DT),
+                 torch.randn(3, 6, 4, generator=g, dtype=DT), torch.randn(3, 6, 1, generator=g, dtype=DT))
+    ref_algo = _tied_algo()
+    ref_algo.meta_backward(batch, Loop())
+    ref = _grads(ref_algo)
+    assert set(ref) == {"model.a.weight", "model.a.bias", "model.head.weight", "model.head.bias"}
+    for name in ("threads", "vmap"):
+        algo = _tied_algo()
+        algo.meta_backward(batch, EXECUTORS[name])
+        assert all(p.is_leaf for p in algo.parameters())
+        got = _grads(algo)
+        for k in ref:
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-10, atol=1e-12, msg=f"{name} {k}")
+    direction = {n: torch.randn(p.shape, generator=g, dtype=DT) for n, p in ref_algo.named_parameters()}
+    analytic = sum((ref[n] * d).sum() for n, d in direction.items()).item()
+    assert analytic == pytest.approx(_finite_difference(ref_algo, batch, direction), rel=1e-6)

@@ -96,6 +96,7 @@ class MetaAlgorithm(nn.Module):
         norm_stats: NormStats = "batch",
     ):
         super().__init__()
+        _refuse_shared_modules(model)
         self.adapted = list(adapted) if adapted is not None else self.adapted_names(model)
         unknown = set(self.adapted) - dict(model.named_parameters()).keys()
         if unknown:
@@ -239,6 +240,21 @@ class MetaAlgorithm(nn.Module):
         params = {k: v.detach() for k, v in self.params().items()}
         with eval_mode(self.model):
             return EvalOutput(*self.executor(path).evaluate(per_task, (params, self.buffers_for(False)), batch))
+
+
+def _refuse_shared_modules(model: nn.Module) -> None:
+    """A module with its own tensors reachable under two names breaks ``functional_call`` in torch
+    2.13 (restoring the second name writes the swapped-in tensor back: θ0 becomes a non-leaf and
+    gets no gradient); tied *parameters* work. Refuse with the fix rather than compute garbage."""
+    first: dict[int, str] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        own = next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None
+        if id(m) in first and own:
+            raise ValueError(
+                f"module {name!r} is the same object as {first[id(m)]!r} (a module registered twice); "
+                "functional_call cannot swap its tensors correctly. Share the parameters instead "
+                f"(e.g. model.{name}.weight = model.{first[id(m)]}.weight) or call one module twice in forward")
+        first.setdefault(id(m), name)
 
 
 @contextmanager
