@@ -293,3 +293,13 @@ def test_shared_modules_are_refused_and_tied_parameters_work():
     direction = {n: torch.randn(p.shape, generator=g, dtype=DT) for n, p in ref_algo.named_parameters()}
     analytic = sum((ref[n] * d).sum() for n, d in direction.items()).item()
     assert analytic == pytest.approx(_finite_difference(ref_algo, batch, direction), rel=1e-6)
+
+
+def test_norm_stats_is_a_config_setting():
+    from innerloop.experiments.build import build
+    from innerloop.experiments.config import ConfigError, load
+
+    assert build(load(None, []))[1].norm_stats == "batch"
+    assert build(load(None, ['algorithm.norm_stats="running"']))[1].norm_stats == "running"
+    with pytest.raises(ConfigError, match="algorithm.norm_stats"):
+        load(None, ['algorithm.norm_stats="both"'])

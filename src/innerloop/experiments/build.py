@@ -83,6 +83,7 @@ def build(cfg: Config, family: TaskFamily | None = None) -> tuple[TaskFamily, Me
             adapted=names,
             second_order_steps=a.second_order_steps,
             checkpoint=a.checkpoint,
+            norm_stats=a.norm_stats,
             vmap_chunk=cfg.train.vmap_chunk,
         )
     except ValueError as e:  # e.g. checkpointing with a rule that cannot run under it

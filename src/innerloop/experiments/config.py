@@ -92,6 +92,10 @@ class AlgorithmConfig(Strict):
     # steps (loop and threads paths; recomputes each step's forward in the backward pass)
     second_order_steps: NonNegativeInt | None = None
     checkpoint: bool = False
+    # what norm layers with running statistics (a user's torch BatchNorm) use in evaluation: "batch" (the task's
+    # batch statistics, transductive, the papers' protocol) or "running" (the stored buffers); meta-training always
+    # uses batch statistics and never updates the buffers. Our backbones keep no running statistics.
+    norm_stats: Literal["batch", "running"] = "batch"
 
 
 class TrainConfig(Strict):
