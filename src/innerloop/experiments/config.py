@@ -27,6 +27,7 @@ from pydantic.fields import FieldInfo
 
 from innerloop import registry
 from innerloop.errors import UserError
+from innerloop.executors import resolve as resolve_executor
 from innerloop.experiments.components import (  # noqa: F401  (the built-in sections; re-exported)
     Conv4Config,
     ImagesConfig,
@@ -234,9 +235,10 @@ def validate(data: dict) -> Config:
     if a.second_order_steps is not None and a.first_order:
         raise ConfigError("config error: algorithm.second_order_steps needs second-order meta-gradients; "
                           f"it cannot be combined with {'fomaml' if a.name == 'fomaml' else 'first_order = true'}")
-    if a.checkpoint and cfg.train.execution == "vmap":
-        raise ConfigError("config error: algorithm.checkpoint runs on the loop and threads paths; set "
-                          "train.execution to 'loop', 'threads' or 'auto'")
+    if a.checkpoint and cfg.train.execution != "auto" and not resolve_executor(cfg.train.execution).supports_checkpoint:
+        able = [n for n in registry.names("executor") if resolve_executor(n).supports_checkpoint]
+        raise ConfigError(f"config error: algorithm.checkpoint does not run on the {cfg.train.execution!r} executor; "
+                          f"set train.execution to one of {', '.join(map(repr, able))} or 'auto'")
     t = cfg.train
     if t.optimizer != "sgd" and (t.momentum or t.nesterov):
         raise ConfigError("config error: train.momentum and train.nesterov are options of train.optimizer = 'sgd' "
