@@ -1,17 +1,15 @@
 """Meta-algorithms (outer loops) and the shared inner loop."""
 
+from innerloop import registry
 from innerloop.algorithms.anil import ANIL
 from innerloop.algorithms.base import EvalOutput, MetaAlgorithm, without_norm
-from innerloop.algorithms.inner_loop import autograd_value_and_grad, func_value_and_grad, inner_loop
+from innerloop.algorithms.inner_loop import inner_loop
 from innerloop.algorithms.maml import FOMAML, MAML
 from innerloop.algorithms.random_init import RandomInit
+from innerloop.executors.grads import autograd_value_and_grad, func_value_and_grad
 
-ALGORITHMS: dict[str, type[MetaAlgorithm]] = {
-    "maml": MAML,
-    "fomaml": FOMAML,
-    "anil": ANIL,
-    "random_init": RandomInit,
-}
+#: every registered meta-algorithm: the "algorithm" table of :mod:`innerloop.registry`
+ALGORITHMS: dict[str, type[MetaAlgorithm]] = registry.table("algorithm")
 
 __all__ = [
     "ALGORITHMS",

@@ -1,14 +1,8 @@
 """The single inner loop every algorithm and rule goes through: ``grads → rule → geometry``.
 
-Gradients of the support loss are taken by a pluggable ``value_and_grad``:
-
-* :func:`autograd_value_and_grad` (``torch.autograd.grad``) for the plain loop over tasks; with
-  ``create_graph=False`` it builds no double-backward graph, which is what makes first-order
-  cheap;
-* :func:`func_value_and_grad` (``torch.func.grad_and_value``) for the ``vmap`` path, where
-  ``torch.autograd.grad`` cannot be called.
-
-Both compose with an outer ``backward()`` that forms the meta-gradient.
+Gradients of the support loss are taken by a pluggable ``value_and_grad``, chosen by the executor
+that runs the task (:mod:`innerloop.executors.grads`); both kinds compose with an outer
+``backward()`` that forms the meta-gradient.
 """
 
 from __future__ import annotations
@@ -18,31 +12,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from innerloop.executors.grads import ValueAndGrad, autograd_value_and_grad, func_value_and_grad
 from innerloop.geometry import Geometry
 from innerloop.rules.base import UpdateRule
 from innerloop.types import InnerResult, Params
 
+__all__ = ["Forward", "LossFn", "ValueAndGrad", "autograd_value_and_grad", "func_value_and_grad", "inner_loop"]
+
 Forward = Callable[[Params, Tensor], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
-# fn(params) -> (loss, outputs); returns (grads, loss, outputs)
-ValueAndGrad = Callable[[Callable[[Params], tuple[Tensor, Tensor]], Params, bool], tuple[Params, Tensor, Tensor]]
-
-
-def autograd_value_and_grad(fn, params: Params, create_graph: bool):
-    with torch.enable_grad():
-        p = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
-        loss, out = fn(p)
-        # retain_graph: a rule may still differentiate through the support outputs (e.g. MLPLR with
-        # a non-detached learning rate); the graph is freed as soon as nothing refers to it.
-        grads = torch.autograd.grad(loss, list(p.values()), create_graph=create_graph, retain_graph=True)
-    return dict(zip(p.keys(), grads, strict=True)), loss, out
-
-
-def func_value_and_grad(fn, params: Params, create_graph: bool):
-    grads, (loss, out) = torch.func.grad_and_value(fn, has_aux=True)(params)
-    if not create_graph:
-        grads = {k: g.detach() for k, g in grads.items()}
-    return grads, loss, out
 
 
 def inner_loop(

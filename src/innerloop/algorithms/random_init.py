@@ -3,8 +3,10 @@ only the rule's (and geometry's) meta-parameters are learned."""
 
 from __future__ import annotations
 
+from innerloop import registry
 from innerloop.algorithms.base import MetaAlgorithm
 
 
+@registry.register("algorithm", "random_init")
 class RandomInit(MetaAlgorithm):
     learns_init = False

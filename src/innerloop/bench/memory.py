@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -23,31 +23,31 @@ from pathlib import Path
 import torch
 
 from innerloop.bench.meta_step import WORKLOADS, build
+from innerloop.bench.sections import write_section
+from innerloop.executors import Executor, Loop, Vmap
 
-# name: (path, attributes set on the algorithm, description)
-CONTROLS: dict[str, tuple[str, dict, str]] = {
-    "second": ("loop", {}, "second order, loop path"),
-    "first": ("loop", {"first_order": True}, "first order (FOMAML)"),
-    "last1": ("loop", {"second_order_steps": 1}, "second order through the last inner step only"),
-    "ckpt": ("loop", {"checkpoint": True}, "second order, activation checkpointing per inner step"),
-    "ckpt+last1": ("loop", {"checkpoint": True, "second_order_steps": 1}, "checkpointing + last step only"),
-    "vmap": ("vmap", {}, "second order, vmap over the meta-batch"),
-    "vmap/2": ("vmap", {"vmap_chunk": 2}, "second order, vmap in chunks of 2 tasks"),
+# name: (executor, meta-algorithm options, description)
+CONTROLS: dict[str, tuple[Executor, dict, str]] = {
+    "second": (Loop(), {}, "second order, loop path"),
+    "first": (Loop(), {"first_order": True}, "first order (FOMAML)"),
+    "last1": (Loop(), {"second_order_steps": 1}, "second order through the last inner step only"),
+    "ckpt": (Loop(), {"checkpoint": True}, "second order, activation checkpointing per inner step"),
+    "ckpt+last1": (Loop(), {"checkpoint": True, "second_order_steps": 1}, "checkpointing + last step only"),
+    "vmap": (Vmap(), {}, "second order, vmap over the meta-batch"),
+    "vmap/2": (Vmap(chunk=2), {}, "second order, vmap in chunks of 2 tasks"),
 }
 
 
 def run_case(workload: str, control: str, steps: int, meta_batch: int, repeats: int) -> dict:
-    path, attrs, _ = CONTROLS[control]
-    algo, batch = build(workload, "sgd", bool(attrs.get("first_order")), meta_batch, steps=steps)
-    for k, v in attrs.items():
-        setattr(algo, k, v)
+    executor, options, _ = CONTROLS[control]
+    algo, batch = build(workload, "sgd", meta_batch=meta_batch, steps=steps, **options)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     opt = torch.optim.Adam(algo.meta_parameters(), lr=1e-3)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        algo.meta_backward(batch, path)
+        algo.meta_backward(batch, executor)
         opt.step()
         times.append(time.perf_counter() - t)
     return {"workload": workload, "control": control, "steps": steps, "meta_batch": batch.num_tasks,
@@ -59,7 +59,7 @@ def markdown(rows: list[dict], argv: list[str], workload: str) -> str:
     steps = sorted({r["steps"] for r in rows})
     controls = list(dict.fromkeys(r["control"] for r in rows))
     cell = {(r["control"], r["steps"]): r for r in rows}
-    load = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     out = [
         "## Memory controls",
         "",
@@ -79,18 +79,6 @@ def markdown(rows: list[dict], argv: list[str], workload: str) -> str:
             cells.append(f"{r['peak_rss_mb']:.0f} ({r['median_s']:.2f} s)" if r else "failed")
         out.append(f"| {c}: {CONTROLS[c][2]} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
-
-
-def write_section(path: Path, text: str, tag: str = "memory") -> None:
-    """Replace the text between ``<!-- tag:start -->`` and ``<!-- tag:end -->`` (appended if absent)."""
-    start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
-    body = f"{start}\n{text}{end}\n"
-    old = path.read_text() if path.exists() else ""
-    if start in old and end in old:
-        new = re.sub(re.escape(start) + ".*?" + re.escape(end) + "\n?", lambda _: body, old, flags=re.S)
-    else:
-        new = old + ("\n" if old and not old.endswith("\n\n") else "") + body
-    path.write_text(new)
 
 
 def main(argv: list[str] | None = None) -> int:

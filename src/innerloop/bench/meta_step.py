@@ -14,11 +14,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from innerloop import MAML, SGD, MetaSGD
+from innerloop import MAML, SGD, MetaSGD, registry
+from innerloop.bench.sections import write_section
 from innerloop.data import Sine
 from innerloop.models import MLP, Conv4
 from innerloop.types import Task
@@ -35,7 +37,10 @@ def _accuracy(out, y):
     return (out.argmax(-1) == y).to(out.dtype).mean()
 
 
-def build(workload: str, rule: str, first_order: bool, meta_batch: int | None, steps: int | None = None):
+def build(workload: str, rule: str, first_order: bool = False, meta_batch: int | None = None, steps: int | None = None,
+          **options):
+    """The workload's meta-algorithm and one meta-batch; ``options`` go to the MAML constructor
+    (memory controls such as ``second_order_steps`` or ``checkpoint``)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     if workload == "sine":
@@ -56,7 +61,8 @@ def build(workload: str, rule: str, first_order: bool, meta_batch: int | None, s
     shapes = {n: p.shape for n, p in model.named_parameters()}
     steps = steps or default_steps
     r = MetaSGD(shapes, lr) if rule == "meta_sgd" else SGD(lr)
-    algo = MAML(model, r, loss_fn=loss, metric_fn=metric, inner_steps=steps, first_order=first_order)
+    algo = MAML(model, r, loss_fn=loss, metric_fn=metric, inner_steps=steps, first_order=first_order,
+                **options)
     return algo, batch
 
 
@@ -93,7 +99,7 @@ def run_case(workload: str, path: str, order: int, rule: str, repeats: int, meta
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m innerloop.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    p.add_argument("--paths", nargs="+", default=["loop", "threads", "vmap"], choices=["loop", "threads", "vmap"])
+    p.add_argument("--paths", nargs="+", default=["loop", "threads", "vmap"], choices=registry.names("executor"))
     p.add_argument("--orders", nargs="+", type=int, default=[2, 1], choices=[1, 2])
     p.add_argument("--rule", default="sgd", choices=["sgd", "meta_sgd"])
     p.add_argument("--repeats", type=int, default=None, help="timed meta-steps (default: 20 sine, 3 conv)")
@@ -131,10 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)
     if a.markdown:
-        from pathlib import Path
-
-        from innerloop.bench.memory import write_section
-
         write_section(Path(a.markdown), markdown(rows, argv if argv is not None else sys.argv[1:]), tag="bench")
     return 0
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
@@ -23,8 +23,22 @@ from pydantic import (
     PositiveInt,
     ValidationError,
 )
+from pydantic.fields import FieldInfo
 
+from innerloop import registry
 from innerloop.errors import UserError
+from innerloop.executors import resolve as resolve_executor
+from innerloop.experiments.components import (  # noqa: F401  (the built-in sections; re-exported)
+    Conv4Config,
+    ImagesConfig,
+    LinearConfig,
+    LinNetConfig,
+    LogRegConfig,
+    MLPConfig,
+    ResNet12Config,
+    SineConfig,
+    Strict,
+)
 from innerloop.geometry import GEOMETRIES
 from innerloop.rules import RULES
 
@@ -33,95 +47,38 @@ class ConfigError(UserError):
     """A user error in a config file or override; the message is meant to be printed as is."""
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# ---- named sections: discriminated unions over what is registered ------------------------------
+def _union(kind: str) -> Any:
+    """The config classes registered for ``kind`` as one union, told apart by their ``name``."""
+    members = tuple(spec.config for spec in registry.table(kind).values())
+    if len(members) == 1:
+        return members[0]
+    return Annotated[Union[members], Field(discriminator="name")]  # noqa: UP007
 
 
-# ---- task families ---------------------------------------------------------------------------
-class SineConfig(Strict):
-    name: Literal["sine"] = "sine"
-    k_shot: PositiveInt = 5
-    query: PositiveInt = 100
-    form: Literal["alfa", "maml"] = "alfa"
+TaskConfig = _union("task")
+ModelConfig = _union("model")
+RuleConfigUnion = _union("rule")
+GeometryConfigUnion = _union("geometry")
+#: Config field -> registry kind of the sections rebuilt when something new is registered
+_SECTIONS = {"task": "task", "model": "model", "rule": "rule", "geometry": "geometry"}
 
 
-class LinearConfig(Strict):
-    name: Literal["linear"] = "linear"
-    dim: PositiveInt = 100
-    support: PositiveInt = 500  # KFO: 1,000 points per task, split not stated: 500 / 500
-    query: PositiveInt = 500
-    balanced: bool = True  # half the support and query points per label
-    subspace: PositiveInt | None = None  # our variant: w in a fixed random r-dim subspace
-    subspace_seed: int = 0
+def _registered(kind: str, extra: tuple[str, ...] = ()):
+    """A validator: the value must be a name registered for ``kind`` (checked when validating, so
+    names registered after import count)."""
 
+    def check(v: str) -> str:
+        valid = [*extra, *registry.names(kind)]
+        if v not in valid:
+            raise ValueError(f"unknown {kind} {v!r}; expected one of {', '.join(valid)}")
+        return v
 
-class ImagesConfig(Strict):
-    """N-way K-shot episodes from an image dataset read from ``root`` (never downloaded)."""
-
-    name: Literal["images"] = "images"
-    dataset: str = "glyphs"
-    root: str | None = None  # where the dataset lies (not needed for the embedded glyphs)
-    split_file: str | None = None  # class names per split, overriding the built-in split
-    test_dataset: str | None = None  # cross-domain: validate and test on another dataset
-    test_root: str | None = None
-    test_split_file: str | None = None  # class names per split of the test dataset (cross-domain)
-    n_way: PositiveInt = 5
-    k_shot: PositiveInt = 1
-    query: PositiveInt = 15  # query images per class
-    rotate: bool | None = None  # one random 0/90/180/270° turn per class per task (None: dataset default)
-    # loader options of the training dataset, e.g. {split_rule = "vinyals"} for omniglot
-    options: dict[str, str | int | float | bool] = {}
-
-
-TaskConfig = Annotated[Union[SineConfig, LinearConfig, ImagesConfig], Field(discriminator="name")]  # noqa: UP007
-
-
-# ---- models ----------------------------------------------------------------------------------
-class MLPConfig(Strict):
-    name: Literal["mlp"] = "mlp"
-    hidden: list[PositiveInt] = [40, 40]
-
-
-class LogRegConfig(Strict):
-    name: Literal["logreg"] = "logreg"
-
-
-class LinNetConfig(Strict):
-    name: Literal["linnet"] = "linnet"
-    hidden: PositiveInt = 64
-    layers: PositiveInt = 3
-
-
-class Conv4Config(Strict):
-    """The 4-CONV backbone: ``depth`` blocks of 3×3 conv, norm, ReLU, 2×2 max-pool; a linear head."""
-
-    name: Literal["conv4"] = "conv4"
-    channels: PositiveInt = 64
-    depth: PositiveInt = 4
-    norm: Literal["batch", "group"] = "batch"
-    pool: Literal["max", "stride", "none"] = "max"  # stride: MAML's Omniglot net; none: KFO's CIFAR-FS net
-    readout: Literal["flatten", "mean"] = "flatten"  # mean: spatial mean, head independent of input size
-
-
-class ResNet12Config(Strict):
-    name: Literal["resnet12"] = "resnet12"
-    widths: list[PositiveInt] = [64, 128, 256, 512]
-    norm: Literal["batch", "group"] = "batch"
-
-
-ModelConfig = Annotated[  # noqa: UP007
-    Union[MLPConfig, LogRegConfig, LinNetConfig, Conv4Config, ResNet12Config], Field(discriminator="name")  # noqa: UP007
-]
-
-# ---- rules: one config class per registered rule -----------------------------------------------
-RuleConfigUnion = Annotated[Union[tuple(s.config for s in RULES.values())], Field(discriminator="name")]  # noqa: UP007
-GeometryConfigUnion = Annotated[  # noqa: UP007
-    Union[tuple(s.config for s in GEOMETRIES.values())], Field(discriminator="name")  # noqa: UP007
-]
+    return check
 
 
 class AlgorithmConfig(Strict):
-    name: Literal["maml", "fomaml", "anil", "random_init"] = "maml"
+    name: Annotated[str, AfterValidator(_registered("algorithm"))] = "maml"
     inner_steps: PositiveInt = 1
     eval_inner_steps: PositiveInt | None = None  # default: inner_steps
     first_order: bool = False  # fomaml is maml with first_order = true
@@ -136,6 +93,10 @@ class AlgorithmConfig(Strict):
     # steps (loop and threads paths; recomputes each step's forward in the backward pass)
     second_order_steps: NonNegativeInt | None = None
     checkpoint: bool = False
+    # what norm layers with running statistics (a user's torch BatchNorm) use in evaluation: "batch" (the task's
+    # batch statistics, transductive, the papers' protocol) or "running" (the stored buffers); meta-training always
+    # uses batch statistics and never updates the buffers. Our backbones keep no running statistics.
+    norm_stats: Literal["batch", "running"] = "batch"
 
 
 class TrainConfig(Strict):
@@ -158,7 +119,7 @@ class TrainConfig(Strict):
     log_every: PositiveInt = 100
     checkpoint_every: PositiveInt = 1000
     seed: int = 0
-    execution: Literal["auto", "loop", "vmap", "threads"] = "auto"
+    execution: Annotated[str, AfterValidator(_registered("executor", ("auto",)))] = "auto"  # or an executor's name
     vmap_chunk: PositiveInt | None = None  # vmap path: meta-train this many tasks at a time (memory knob)
     device: str = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
@@ -179,6 +140,9 @@ class Config(Strict):
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+_built_at = registry.version()
 
 
 # ---- validation with readable errors -----------------------------------------------------------
@@ -202,7 +166,10 @@ def _submodel(annotation: Any, value: Any) -> type[BaseModel] | None:
     return None
 
 
-def _default_name(members: list[type[BaseModel]]) -> Any:
+def _default_name(field: Any, members: list[type[BaseModel]]) -> Any:
+    """The name a section without one takes: that of the field's default (e.g. ``mlp`` for the model)."""
+    if field.default_factory is not None:
+        return getattr(field.default_factory(), "name", None) or members[0].model_fields["name"].default
     return members[0].model_fields["name"].default
 
 
@@ -216,7 +183,7 @@ def _unknown_keys(data: dict, cls: type[BaseModel], path: str, out: list[str]) -
             continue
         members = _union_members(field.annotation)
         if members and isinstance(value, dict) and "name" not in value:
-            value["name"] = _default_name(members)  # a section without a name takes the default one
+            value["name"] = _default_name(field, members)  # a section without a name takes the default one
         sub = _submodel(field.annotation, value)
         if sub is not None and isinstance(value, dict):
             _unknown_keys(value, sub, f"{path}{key}.", out)
@@ -240,7 +207,20 @@ def _format_validation(err: ValidationError, data: dict) -> str:
     return "; ".join(lines)
 
 
+def _refresh() -> None:
+    """Rebuild the named sections of :class:`Config` if anything was registered since they were
+    built (a user's rule, model or task family registered after import is then valid)."""
+    global _built_at
+    if registry.version() == _built_at:
+        return
+    for field, kind in _SECTIONS.items():
+        Config.model_fields[field] = FieldInfo.merge_field_infos(Config.model_fields[field], annotation=_union(kind))
+    Config.model_rebuild(force=True)
+    _built_at = registry.version()
+
+
 def validate(data: dict) -> Config:
+    _refresh()
     problems: list[str] = []
     _unknown_keys(data, Config, "", problems)
     if problems:
@@ -255,9 +235,10 @@ def validate(data: dict) -> Config:
     if a.second_order_steps is not None and a.first_order:
         raise ConfigError("config error: algorithm.second_order_steps needs second-order meta-gradients; "
                           f"it cannot be combined with {'fomaml' if a.name == 'fomaml' else 'first_order = true'}")
-    if a.checkpoint and cfg.train.execution == "vmap":
-        raise ConfigError("config error: algorithm.checkpoint runs on the loop and threads paths; set "
-                          "train.execution to 'loop', 'threads' or 'auto'")
+    if a.checkpoint and cfg.train.execution != "auto" and not resolve_executor(cfg.train.execution).supports_checkpoint:
+        able = [n for n in registry.names("executor") if resolve_executor(n).supports_checkpoint]
+        raise ConfigError(f"config error: algorithm.checkpoint does not run on the {cfg.train.execution!r} executor; "
+                          f"set train.execution to one of {', '.join(map(repr, able))} or 'auto'")
     t = cfg.train
     if t.optimizer != "sgd" and (t.momentum or t.nesterov):
         raise ConfigError("config error: train.momentum and train.nesterov are options of train.optimizer = 'sgd' "

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
+from innerloop.executors import Executor, TaskFn, resolve
 from innerloop.experiments.config import ConfigError
 from innerloop.types import Task
 
@@ -233,3 +234,45 @@ def gather_list(items: list[Any]) -> list[Any]:
     parts: list[Any] = [None] * world_size()
     dist.all_gather_object(parts, local)
     return [x for part in parts for x in part]
+
+
+# ---- the executor -----------------------------------------------------------------------------
+
+
+class Distributed(Executor):
+    """torchrun's data parallelism as an executor around another one (``inner``, default the loop).
+
+    ``meta_backward``: this rank's contiguous slice of the meta-batch through ``inner``, then the
+    gradients and the statistics are averaged over ranks (so ``.grad`` is the single-process mean
+    over the whole meta-batch). ``map`` / ``evaluate``: this rank's share of the tasks, gathered
+    in task order on every rank (on the CPU). With one process it is ``inner`` exactly.
+
+    Not registered under a name: it wraps another executor, and ``train()`` still splits the
+    meta-batch itself (using it there replaces the split / all-reduce / mean-stats lines).
+    """
+
+    name = "distributed"
+
+    def __init__(self, inner: Executor | str = "loop", chunk: int | None = None):
+        self.inner = resolve(inner, chunk=chunk)
+        self.supports_checkpoint = self.inner.supports_checkpoint
+        self.exact_native_norms = self.inner.exact_native_norms
+
+    def meta_backward(self, fn: TaskFn, state: Any, batch: Task, metas: list[Tensor]) -> dict[str, float]:
+        stats = self.inner.meta_backward(fn, state, split_batch(batch), metas)
+        all_reduce_grads(metas)
+        return mean_stats(stats, metas[0].device if metas else torch.device("cpu"))
+
+    def map(self, fn: TaskFn, state: Any, batch: Task) -> Any:
+        lo, hi = shard(batch.num_tasks)
+        mine = [self.inner.map(fn, state, Task(*(t[lo:hi] for t in batch)))] if hi > lo else []
+        parts = gather_list(mine)
+        return tree_map(lambda *xs: torch.cat(xs), *parts)
+
+    def evaluate(self, fn: TaskFn, state: Any, batch: Task) -> Any:
+        with torch.no_grad():
+            return self.map(fn, state, batch)
+
+    def __repr__(self) -> str:
+        return f"Distributed(inner={self.inner!r})"
+

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from innerloop import registry
 from innerloop.rules.base import BuildContext
 from innerloop.types import Params
 
@@ -57,16 +58,15 @@ class GeometrySpec:
     build: Any  # (cfg, BuildContext) -> Geometry
 
 
-GEOMETRIES: dict[str, GeometrySpec] = {}
+#: every registered geometry: the "geometry" table of :mod:`innerloop.registry`
+GEOMETRIES: dict[str, GeometrySpec] = registry.table("geometry")
 
 
 def register_geometry(name: str, config: type[GeometryConfig]):
     """Decorator: register ``build(cfg, ctx) -> Geometry`` under ``name``."""
 
     def deco(build):
-        if name in GEOMETRIES:
-            raise ValueError(f"geometry {name!r} registered twice")
-        GEOMETRIES[name] = GeometrySpec(name, config, build)
+        registry.register("geometry", name)(GeometrySpec(name, config, build))
         return build
 
     return deco

@@ -16,10 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def _functorch_wrapped(*tensors: Tensor) -> bool:
-    """Whether any tensor is inside a ``torch.func`` transform (vmap / grad)."""
-    return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+from innerloop._torch_private import functorch_wrapped as _functorch_wrapped
 
 
 class _MaxPool2(torch.autograd.Function):

@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from innerloop import registry
 from innerloop.types import Params
 
 State = Any  # a pytree of tensors: (), a NamedTuple, or a tuple of states
@@ -133,7 +134,8 @@ class RuleSpec:
     exact_gradient: dict[str, Any] | None = None
 
 
-RULES: dict[str, RuleSpec] = {}
+#: every registered rule: the "rule" table of :mod:`innerloop.registry` (one storage, read-only here)
+RULES: dict[str, RuleSpec] = registry.table("rule")
 
 
 def register_rule(name: str, config: type[RuleConfig], *, sgd_equivalent: dict[str, Any] | None = None,
@@ -145,9 +147,7 @@ def register_rule(name: str, config: type[RuleConfig], *, sgd_equivalent: dict[s
     overrides that keep every path in the graph (used by the finite-difference check)."""
 
     def deco(build):
-        if name in RULES:
-            raise ValueError(f"rule {name!r} registered twice")
-        RULES[name] = RuleSpec(name, config, build, sgd_equivalent, exact_gradient)
+        registry.register("rule", name)(RuleSpec(name, config, build, sgd_equivalent, exact_gradient))
         return build
 
     return deco

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from innerloop import registry
 from innerloop.errors import UserError
 
 
@@ -98,7 +99,8 @@ class DatasetSpec:
     rotate: bool = False  # default of the per-task class rotation (Omniglot: True)
 
 
-DATASETS: dict[str, DatasetSpec] = {}
+#: every registered dataset: the "dataset" table of :mod:`innerloop.registry`
+DATASETS: dict[str, DatasetSpec] = registry.table("dataset")
 
 
 def register_dataset(name: str, layouts: str, splits: tuple[str, ...] = ("train", "val", "test"),
@@ -106,9 +108,7 @@ def register_dataset(name: str, layouts: str, splits: tuple[str, ...] = ("train"
     """Decorator: register ``load(root, split, **options) -> SplitData`` under ``name``."""
 
     def deco(load):
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} registered twice")
-        DATASETS[name] = DatasetSpec(name, load, layouts, splits, rotate)
+        registry.register("dataset", name)(DatasetSpec(name, load, layouts, splits, rotate))
         return load
 
     return deco

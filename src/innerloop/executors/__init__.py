@@ -1,0 +1,13 @@
+"""Executors: how the tasks of a meta-batch are run (``Loop``, ``Threads``, ``Vmap``).
+
+Add one by subclassing :class:`Executor` and registering it:
+``registry.register("executor", "mine")(Mine)``; then ``train.execution = "mine"`` and
+``algo.meta_backward(batch, "mine")`` find it.
+"""
+
+from innerloop.executors.base import Executor, TaskEnv, TaskFn, resolve
+from innerloop.executors.loop import Loop
+from innerloop.executors.threads import Threads
+from innerloop.executors.vmap import Vmap
+
+__all__ = ["Executor", "Loop", "TaskEnv", "TaskFn", "Threads", "Vmap", "resolve"]
