@@ -258,3 +258,51 @@ def test_two_layer_generator_runs():
         RULES["alfa"].config(generator_layers=4)
     with pytest.raises(ValueError):
         ALFA({"w": torch.Size([2])}, 1, 0.1, generator_layers=4)
+
+
+@pytest.mark.parametrize("state_input", ["weights", "gradients"])
+def test_generator_sees_only_the_chosen_learning_state(state_input):
+    """ALFA Table 5: τ holds the layer means of the weights, of the gradients, or both."""
+    shapes = {"a": torch.Size([3, 2]), "b": torch.Size([3])}
+    rule = ALFA(shapes, 2, 0.1, state_input=state_input, dtype=DT)
+    assert rule.generator[0].in_features == 2 and rule.generator[-1].out_features == 4
+    with torch.no_grad():  # every hidden unit active, so the output moves with any input
+        rule.generator[0].weight.fill_(1.0)
+        rule.generator[0].bias.fill_(10.0)
+    gen = torch.Generator().manual_seed(0)
+    params = {k: torch.randn(s, generator=gen, dtype=DT) for k, s in shapes.items()}
+    grads = {k: torch.randn(s, generator=gen, dtype=DT) for k, s in shapes.items()}
+    other_params = {k: v + 1.0 for k, v in params.items()}
+    other_grads = {k: v + 0.5 for k, v in grads.items()}
+    out = torch.cat(rule.generate(params, grads))
+    if state_input == "weights":
+        torch.testing.assert_close(torch.cat(rule.generate(params, other_grads)), out, rtol=0, atol=0)
+        assert not torch.equal(torch.cat(rule.generate(other_params, grads)), out)
+    else:
+        torch.testing.assert_close(torch.cat(rule.generate(other_params, grads)), out, rtol=0, atol=0)
+        assert not torch.equal(torch.cat(rule.generate(params, other_grads)), out)
+    algo, batch = make("alfa", "maml", rule_kwargs={"state_input": state_input})
+    algo.meta_backward(batch)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in algo.rule.generator.parameters())
+    with pytest.raises(ValueError, match="state_input"):
+        ALFA(shapes, 1, 0.1, state_input="both_and_more")
+
+
+def test_l2f_rule_is_sgd_from_the_attenuated_init_with_alfas_attenuator():
+    """MAML + L2F (ALFA Tables 1 and 2): ALFA's attenuator, then plain SGD steps."""
+    algo, batch = make("l2f", "maml", lr=0.1)
+    twin, _ = make("alfa", "maml", rule_kwargs={"l2f": True})
+    assert [p.shape for p in algo.rule.attenuator.parameters()] == [p.shape for p in twin.rule.attenuator.parameters()]
+    theta0 = {k: v.detach() for k, v in algo.params().items()}
+    task = batch.index(0)
+    g0 = support_grads(algo, theta0, task)
+    gamma = algo.rule.gamma(g0).detach()
+    assert torch.all((gamma - 0.99).abs() < 2e-3)
+    start = {k: gamma[algo.rule.names.index(k)] * v for k, v in theta0.items()}
+    expected = {k: v - 0.1 * g for (k, v), g in zip(start.items(), support_grads(algo, start, task).values(),
+                                                     strict=True)}
+    res = adapt(algo, task, 1)
+    for k in expected:
+        torch.testing.assert_close(res.params[k], expected[k], rtol=1e-12, atol=1e-14)
+    algo.meta_backward(batch)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in algo.rule.attenuator.parameters())

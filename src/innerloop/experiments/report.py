@@ -61,8 +61,12 @@ PAPERS = {"alfa": "ALFA", "kfo": "KFO", "mlplr": "MLPLR", "metamida": "MetaMiDA"
 VERDICTS = ("yes", "no", "not resolved", "not converged", "not run")
 
 
-def paper_of(table_name: str) -> str:
-    return PAPERS.get(table_name.split("_")[0], "other")
+def paper_of(table_name: str, title: str = "") -> str:
+    """The paper a table's claims count for; our variants of a paper's tables count apart."""
+    paper = PAPERS.get(table_name.split("_")[0], "other")
+    if table_name.endswith("_variant") or "variant" in title.lower():
+        return f"{paper} (our variants)" if paper != "other" else "other"
+    return paper
 
 
 def table_section(name: str, report: dict[str, Any], table_file: Path | None, out_dir: Path | None = None,
@@ -103,7 +107,7 @@ def curves_lines(name: str, report: dict[str, Any], out_dir: Path, draw: bool) -
 def count_lines(counts: dict[str, dict[str, int]]) -> list[str]:
     """The verdict counts per paper as a Markdown table."""
     lines = ["| paper | " + " | ".join(VERDICTS) + " | claims |", "|---" * (len(VERDICTS) + 2) + "|"]
-    for paper in [*PAPERS.values(), "other"]:
+    for paper in [*PAPERS.values(), *(f"{p} (our variants)" for p in PAPERS.values()), "other"]:
         c = counts.get(paper)
         if c:
             lines.append(f"| {paper} | " + " | ".join(str(c.get(v, 0)) for v in VERDICTS) + f" | {sum(c.values())} |")
@@ -138,7 +142,7 @@ def write_report(names: list[str], results_root: str | Path, out: str | Path, *,
     for name, report, table_file in tables:
         text, verdicts = table_section(name, report, table_file, path.parent, draw)
         sections.append(text)
-        c = counts.setdefault(paper_of(name), {})
+        c = counts.setdefault(paper_of(name, report.get("title", "")), {})
         for v in verdicts:
             c[v] = c.get(v, 0) + 1
     parts = [

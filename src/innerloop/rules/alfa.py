@@ -74,6 +74,21 @@ def _mlp(widths: list[int], dtype: torch.dtype) -> nn.Sequential:
     return nn.Sequential(*layers).to(dtype)
 
 
+def grad_means(grads: Params, names: list[str], detach: bool) -> Tensor:
+    """[N] the mean of each tensor's gradient (the layer-wise learning state)."""
+    return torch.stack([(grads[k].detach() if detach else grads[k]).mean() for k in names])
+
+
+def attenuator(n: int, gamma_init: float, dtype: torch.dtype) -> nn.Sequential:
+    """L2F's ``N→N→N`` MLP; its last layer's weight is PyTorch's init × 0.1 and its bias
+    ``logit(gamma_init)``, so ``γ`` starts near ``gamma_init`` and every weight gets a meta-gradient."""
+    mlp = _mlp([n, n, n], dtype)
+    with torch.no_grad():
+        mlp[-1].weight.mul_(0.1)
+        mlp[-1].bias.fill_(math.log(gamma_init / (1.0 - gamma_init)))
+    return mlp
+
+
 class ALFA(UpdateRule):
     def __init__(
         self,
@@ -90,6 +105,7 @@ class ALFA(UpdateRule):
         l2f: bool = False,
         l2f_gamma_init: float = 0.99,
         l2f_detach_grad_input: bool = False,
+        state_input: str = "both",
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
@@ -98,13 +114,18 @@ class ALFA(UpdateRule):
             raise ValueError("ALFA needs at least one inner-adapted tensor")
         if generator_layers not in (2, 3):
             raise ValueError(f"generator_layers must be 2 or 3, got {generator_layers}")
+        if state_input not in ("both", "weights", "gradients"):
+            raise ValueError(f"state_input must be 'both', 'weights' or 'gradients', got {state_input!r}")
+        self.state_input = state_input
         self.names = list(shapes)
         self.num_steps = int(num_steps)
         self.random_init = bool(random_init)
         self.detach_grad_input = bool(detach_grad_input)
         n = len(self.names)
 
-        self.generator = _mlp([2 * n] * (generator_layers + 1), dtype)
+        # ALFA Table 5's ablation: the generator sees the layer means of the weights, of the gradients, or both
+        width_in = 2 * n if state_input == "both" else n
+        self.generator = _mlp([width_in] + [2 * n] * generator_layers, dtype)
         if generator_init == "sgd":
             last = self.generator[-1]
             with torch.no_grad():
@@ -129,11 +150,7 @@ class ALFA(UpdateRule):
         if l2f:
             if not 0.0 < l2f_gamma_init < 1.0:
                 raise ValueError(f"l2f_gamma_init must lie in (0, 1), got {l2f_gamma_init}")
-            self.attenuator = _mlp([n, n, n], dtype)
-            last = self.attenuator[-1]
-            with torch.no_grad():
-                last.weight.mul_(0.1)
-                last.bias.fill_(math.log(l2f_gamma_init / (1.0 - l2f_gamma_init)))
+            self.attenuator = attenuator(n, l2f_gamma_init, dtype)
         else:
             self.attenuator = None
 
@@ -143,7 +160,7 @@ class ALFA(UpdateRule):
         return ALFAState(ref.new_zeros(len(self.names)), ref.new_zeros(len(self.names)))
 
     def _grad_means(self, grads: Params, detach: bool) -> Tensor:
-        return torch.stack([(grads[k].detach() if detach else grads[k]).mean() for k in self.names])
+        return grad_means(grads, self.names, detach)
 
     def gamma(self, grads: Params) -> Tensor:
         """L2F attenuation ``γ`` ([N], one per tensor) from the support gradient at θ0."""
@@ -157,8 +174,12 @@ class ALFA(UpdateRule):
 
     def generate(self, params: Params, grads: Params) -> tuple[Tensor, Tensor]:
         """``(α¹, β¹)``, each [N], from the task state ``τ`` of the current step."""
-        tau = torch.cat([torch.stack([params[k].mean() for k in self.names]),
-                         self._grad_means(grads, self.detach_grad_input)])
+        parts = []
+        if self.state_input in ("both", "weights"):
+            parts.append(torch.stack([params[k].mean() for k in self.names]))
+        if self.state_input in ("both", "gradients"):
+            parts.append(self._grad_means(grads, self.detach_grad_input))
+        tau = torch.cat(parts)
         out = self.generator(tau)
         n = len(self.names)
         return out[:n], out[n:]
@@ -202,6 +223,8 @@ class ALFAConfig(RuleConfig):
     l2f: bool = False
     l2f_gamma_init: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
     l2f_detach_grad_input: bool = False
+    #: what the generator sees (ALFA Table 5): layer means of the weights and gradients, or one of them
+    state_input: Literal["both", "weights", "gradients"] = "both"
 
 
 @register_rule("alfa", ALFAConfig, sgd_equivalent={"generator_init": "sgd"},
@@ -212,4 +235,4 @@ def _build(cfg: ALFAConfig, ctx: BuildContext) -> ALFA:
                 generator_init=cfg.generator_init, detach_grad_input=cfg.detach_grad_input,
                 weight_decay=cfg.weight_decay, random_init_weight_decay=cfg.random_init_weight_decay,
                 l2f=cfg.l2f, l2f_gamma_init=cfg.l2f_gamma_init, l2f_detach_grad_input=cfg.l2f_detach_grad_input,
-                dtype=ctx.dtype)
+                state_input=cfg.state_input, dtype=ctx.dtype)
