@@ -118,3 +118,43 @@ def test_chain_composes_in_order():
                      loss_fn=torch.nn.functional.mse_loss, steps=1, first_order=True)
     g = 2 / 4 * x.T @ (x @ w - y)
     torch.testing.assert_close(res.params["w"], w + 0.1 * g)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_chain_of_one_rule_is_that_rule_bit_for_bit(name):
+    """Every flag of a rule travels with it into a chain (e.g. L2F's adjusted θ0)."""
+    from innerloop import chain
+
+    kwargs = {"l2f": True} if name == "alfa" else {}
+    algo, batch = make(name, "maml", steps=2, rule_kwargs=kwargs)
+    rule = algo.rule
+    task = batch.index(0)
+    want = adapt(algo, task, 2)
+    algo.zero_grad(set_to_none=True)
+    algo.meta_backward(batch)
+    want_grads = {n: p.grad.clone() for n, p in rule.named_parameters() if p.grad is not None}
+    algo.rule = chain(rule)
+    assert algo.rule.adjusts_init == rule.adjusts_init
+    assert algo.rule.supports_checkpoint == rule.supports_checkpoint
+    got = adapt(algo, task, 2)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    algo.zero_grad(set_to_none=True)
+    algo.meta_backward(batch)
+    got_grads = {n: p.grad for n, p in rule.named_parameters() if p.grad is not None}
+    assert got_grads.keys() == want_grads.keys()
+    assert all(torch.equal(got_grads[n], want_grads[n]) for n in want_grads)
+
+
+def test_chain_in_a_config_builds_its_rules_in_order():
+    from innerloop.experiments.build import build
+    from innerloop.experiments.config import ConfigError, load, to_dict, validate
+
+    cfg = load(None, ['rule={name = "chain", rules = [{name = "mlplr", lr_max = 2.0}, {name = "meta_sgd", lr = 0.5}]}'])
+    assert [r.name for r in cfg.rule.rules] == ["mlplr", "meta_sgd"] and cfg.rule.rules[0].lr_max == 2.0
+    assert validate(to_dict(cfg)).rule == cfg.rule  # round-trips through config.json
+    _, algo = build(cfg)
+    assert [type(r).__name__ for r in algo.rule.rules] == ["MLPLR", "MetaSGD"]
+    for bad, msg in (('[{name = "nope"}]', "unknown rule 'nope'"), ("[]", "at least one rule"),
+                     ('[{name = "sgd", lrr = 1}]', "lrr")):
+        with pytest.raises(ConfigError, match=msg):
+            load(None, [f'rule={{name = "chain", rules = {bad}}}'])

@@ -1,6 +1,6 @@
 """Inner-loop update rules. Importing this package registers every rule in :data:`RULES`."""
 
-from innerloop.rules import alfa, kfo, l2f, lslr, meta_curvature, meta_sgd, mlplr, sgd  # noqa: F401  (registration side effects)
+from innerloop.rules import alfa, chained, kfo, l2f, lslr, meta_curvature, meta_sgd, mlplr, sgd  # noqa: F401  (registration side effects)
 from innerloop.rules.base import (
     RULES,
     BuildContext,

@@ -67,7 +67,12 @@ class UpdateRule(nn.Module):
 
 
 class Chain(UpdateRule):
-    """Apply rules in sequence: the first receives the gradients, each next one the previous updates."""
+    """Apply rules in sequence: the first receives the gradients, each next one the previous updates.
+
+    The chain carries every flag of its rules: it adjusts θ0 when any rule does (each in order, from
+    the same support gradient at θ0), and supports checkpointing only when all do, so a chain of
+    one rule behaves exactly like that rule.
+    """
 
     def __init__(self, *rules: UpdateRule):
         super().__init__()
@@ -75,9 +80,16 @@ class Chain(UpdateRule):
             raise ValueError("Chain needs at least one rule")
         self.rules = nn.ModuleList(rules)
         self.supports_checkpoint = all(r.supports_checkpoint for r in rules)
+        self.adjusts_init = any(r.adjusts_init for r in rules)
 
     def init(self, params: Params) -> State:
         return tuple(r.init(params) for r in self.rules)
+
+    def adjust_init(self, params: Params, grads: Params, state: State) -> Params:
+        for rule, s in zip(self.rules, state, strict=True):
+            if rule.adjusts_init:
+                params = rule.adjust_init(params, grads, s)
+        return params
 
     def update(self, grads, state, params, *, step, **extra):
         new_states = []
