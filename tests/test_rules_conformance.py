@@ -8,7 +8,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_flatten
 
 from helpers import DT, make
-from innerloop import SGD, Euclidean, inner_loop
+from innerloop import SGD, Euclidean, chain, inner_loop
 from innerloop.algorithms import autograd_value_and_grad, func_value_and_grad
 from innerloop.rules import RULES
 
@@ -158,3 +158,23 @@ def test_chain_in_a_config_builds_its_rules_in_order():
                      ('[{name = "sgd", lrr = 1}]', "lrr")):
         with pytest.raises(ConfigError, match=msg):
             load(None, [f'rule={{name = "chain", rules = {bad}}}'])
+
+
+def test_a_rule_built_for_other_tensors_is_refused_at_construction_naming_them():
+    from innerloop import ANIL, MAML, MetaSGD
+    from innerloop.models import MLP
+
+    model = MLP(1, [8, 8], 1)
+    everything = {n: p.shape for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"MetaSGD was built for other tensors than ANIL.*body\.0\.weight"):
+        ANIL(model, MetaSGD(everything, lr=0.1), loss_fn=torch.nn.functional.mse_loss,
+             metric_fn=torch.nn.functional.mse_loss, inner_steps=1)
+    ANIL(model, MetaSGD(ANIL.adapted_shapes(model), lr=0.1), loss_fn=torch.nn.functional.mse_loss,
+         metric_fn=torch.nn.functional.mse_loss, inner_steps=1)
+    wrong = {**everything, "head.weight": torch.Size([2, 8])}
+    with pytest.raises(ValueError, match=r"shapes differ: head\.weight \(2, 8\) ≠ \(1, 8\)"):
+        MAML(model, MetaSGD(wrong, lr=0.1), loss_fn=torch.nn.functional.mse_loss,
+             metric_fn=torch.nn.functional.mse_loss, inner_steps=1)
+    with pytest.raises(ValueError, match=r"adapted but not in the rule: head\.bias"):
+        MAML(model, chain(SGD(0.1), MetaSGD({k: v for k, v in everything.items() if k != "head.bias"}, lr=0.1)),
+             loss_fn=torch.nn.functional.mse_loss, metric_fn=torch.nn.functional.mse_loss, inner_steps=1)

@@ -30,7 +30,7 @@ from innerloop.executors import Executor, TaskEnv, resolve
 from innerloop.executors.grads import autograd_value_and_grad
 from innerloop.geometry import Euclidean, Geometry
 from innerloop.models.norms import is_norm, native_norms, running_stat_buffers
-from innerloop.rules.base import UpdateRule
+from innerloop.rules.base import UpdateRule, check_built_for
 from innerloop.types import InnerResult, Params, Task
 
 MetricFn = Callable[[Tensor, Tensor], Tensor]
@@ -104,6 +104,10 @@ class MetaAlgorithm(nn.Module):
         self.model = model
         self.rule = rule
         self.geometry = geometry if geometry is not None else Euclidean()
+        params = dict(model.named_parameters())
+        adapted_shapes = {n: params[n].shape for n in self.adapted}
+        check_built_for(rule, adapted_shapes, type(self).__name__)
+        check_built_for(self.geometry, adapted_shapes, type(self).__name__)
         self.loss_fn = loss_fn
         self.metric_fn = metric_fn
         self.inner_steps = int(inner_steps)
@@ -131,6 +135,12 @@ class MetaAlgorithm(nn.Module):
     def adapted_names(cls, model: nn.Module) -> list[str]:
         """Names of the parameters adapted in the inner loop (default: every trainable one)."""
         return [n for n, p in model.named_parameters() if p.requires_grad]
+
+    @classmethod
+    def adapted_shapes(cls, model: nn.Module) -> dict[str, torch.Size]:
+        """``{name: shape}`` of the tensors this algorithm adapts in ``model``: what to build a rule for."""
+        params = dict(model.named_parameters())
+        return {n: params[n].shape for n in cls.adapted_names(model)}
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """The parameters the outer optimizer updates."""

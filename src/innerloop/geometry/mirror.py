@@ -233,6 +233,7 @@ class MirrorMap(Geometry):
             raise ValueError("the mirror geometry needs at least one adapted tensor")
         self.scale = scale
         self.names = list(shapes)
+        self.built_for = {n: torch.Size(s) for n, s in shapes.items()}
         self.blocks = adapted_blocks(self.names, layers)
         first = self.blocks[0]
         # block 1: φ = z ⊙ σ(w) + b, identity at w = b = 0

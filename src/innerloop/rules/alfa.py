@@ -109,6 +109,7 @@ class ALFA(UpdateRule):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        self.built_for = {n: torch.Size(s) for n, s in shapes.items()}
         dtype = dtype or torch.get_default_dtype()
         if not shapes:
             raise ValueError("ALFA needs at least one inner-adapted tensor")

@@ -49,6 +49,10 @@ class UpdateRule(nn.Module):
     #: cannot run under activation checkpointing's saved-tensor hooks
     supports_checkpoint: bool = True
 
+    #: the tensors (name → shape; ``None``: any shape) a rule with per-tensor meta-parameters was
+    #: built for; the meta-algorithm checks it against what it adapts (:func:`check_built_for`)
+    built_for: dict[str, torch.Size | None] | None = None
+
     def adjust_init(self, params: Params, grads: Params, state: State) -> Params:
         """Per-task change of the initial parameters, given the support gradient at θ0."""
         return params
@@ -104,6 +108,29 @@ class Chain(UpdateRule):
         for i, (rule, s) in enumerate(zip(self.rules, state, strict=True)):
             out.update({f"{i}.{k}": v for k, v in rule.report(s).items()})
         return out
+
+
+def check_built_for(module: nn.Module, shapes: dict[str, torch.Size], adapter: str) -> None:
+    """Raise a ``ValueError`` naming the tensors when a rule (each rule of a chain) or geometry was built for
+    other tensors or shapes than ``shapes``, the tensors ``adapter`` adapts."""
+    parts = list(module.rules) if isinstance(module, Chain) else [module]
+    for part in parts:
+        want = getattr(part, "built_for", None)
+        if want is None:
+            continue
+        problems = []
+        if missing := [n for n in shapes if n not in want]:
+            problems.append(f"adapted but not in the rule: {', '.join(missing)}")
+        if extra := [n for n in want if n not in shapes]:
+            problems.append(f"in the rule but not adapted (their meta-parameters would never learn): "
+                            f"{', '.join(extra)}")
+        if wrong := [f"{n} {tuple(want[n])} ≠ {tuple(s)}" for n, s in shapes.items()
+                     if want.get(n) is not None and tuple(want[n]) != tuple(s)]:
+            problems.append(f"shapes differ: {'; '.join(wrong)}")
+        if problems:
+            raise ValueError(f"{type(part).__name__} was built for other tensors than {adapter} adapts — "
+                             + "; ".join(problems)
+                             + f" (build it for {adapter}'s adapted tensors: e.g. {adapter}.adapted_shapes(model))")
 
 
 def chain(*rules: UpdateRule) -> Chain:

@@ -111,6 +111,7 @@ class KroneckerOptimizer(UpdateRule):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        self.built_for = {n: torch.Size(s) for n, s in shapes.items()}
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         if init not in ("identity", "perturbed"):

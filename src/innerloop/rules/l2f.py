@@ -25,6 +25,7 @@ class L2F(UpdateRule):
         if not names:
             raise ValueError("L2F needs at least one inner-adapted tensor")
         self.names, self.lr, self.detach_grad_input = list(names), float(lr), bool(detach_grad_input)
+        self.built_for = dict.fromkeys(self.names)
         self.attenuator = attenuator(len(self.names), gamma_init, dtype or torch.get_default_dtype())
         self.adjusts_init = True
 

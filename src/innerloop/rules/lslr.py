@@ -20,6 +20,7 @@ from innerloop.rules.base import BuildContext, RuleConfig, UpdateRule, register_
 class LSLR(UpdateRule):
     def __init__(self, shapes: dict[str, torch.Size], num_steps: int, lr: float, dtype: torch.dtype | None = None):
         super().__init__()
+        self.built_for = {n: torch.Size(s) for n, s in shapes.items()}
         self.num_steps = int(num_steps)
         self.lrs = per_tensor_parameters(
             shapes, lambda n, s: torch.full((num_steps + 1,), float(lr), dtype=torch.float64),

@@ -31,6 +31,7 @@ from innerloop.rules.kronecker import mode_dims, mode_product
 class MetaCurvature(UpdateRule):
     def __init__(self, shapes: dict[str, torch.Size], lr: float, dtype: torch.dtype | None = None):
         super().__init__()
+        self.built_for = {n: torch.Size(s) for n, s in shapes.items()}
         self.lr = float(lr)
         dtype = dtype or torch.get_default_dtype()
         self.modes = {n: mode_dims(s) for n, s in shapes.items()}

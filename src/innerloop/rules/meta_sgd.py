@@ -18,6 +18,7 @@ from innerloop.rules.base import BuildContext, RuleConfig, UpdateRule, register_
 class MetaSGD(UpdateRule):
     def __init__(self, shapes: dict[str, torch.Size], lr: float, dtype: torch.dtype | None = None):
         super().__init__()
+        self.built_for = {n: torch.Size(s) for n, s in shapes.items()}
         self.alpha = per_tensor_parameters(shapes, lambda n, s: torch.full(s, float(lr), dtype=torch.float64),
                                            dtype or torch.get_default_dtype())
 
