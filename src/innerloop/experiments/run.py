@@ -117,6 +117,8 @@ class Run:
 
     # ---- claiming the directory ----------------------------------------------------------------
     def __enter__(self) -> Run:
+        if self.resume and not (self.out / "config.json").is_file():  # checked again under the lock
+            raise ConfigError(f"nothing to resume in {self.out} (no config.json); start the run without --resume")
         try:
             if self.main:
                 self._claim()
