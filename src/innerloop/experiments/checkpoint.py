@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +101,17 @@ def save_json(obj: Any, path: str | Path) -> None:
     _atomic(Path(path), lambda f: f.write((json_text(obj, indent=2) + "\n").encode()))
 
 
-def _reason(e: BaseException) -> str:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return first if len(first) <= 160 else first[:157] + "..."
+def _reason(p: Path, e: BaseException) -> str:
+    """What is wrong with the file, in a few words (torch's messages run to several paragraphs)."""
+    if p.stat().st_size == 0:
+        return "the file is empty"
+    text = str(e)
+    if isinstance(e, EOFError) or "central directory" in text or "PytorchStreamReader" in text:
+        return "the file is truncated or damaged"
+    if "GLOBAL" in text:  # a pickled object other than tensors and plain data: the unpickler refused it
+        found = re.search(r"GLOBAL (\S+)", text)
+        return "it holds an object other than tensors and plain data" + (f" ({found[1]})" if found else "")
+    return "the file is not a torch checkpoint"
 
 
 def load_torch(path: str | Path) -> dict[str, Any]:
@@ -110,10 +120,11 @@ def load_torch(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: the error says it
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # empty, truncated, garbage, or objects other than tensors and plain data
-        raise CheckpointError(f"cannot read checkpoint {p}: not an innerloop checkpoint, or damaged ({_reason(e)}); "
-                              "nothing in it was executed") from None
+        raise CheckpointError(f"cannot read checkpoint {p}: {_reason(p, e)}; nothing in it was executed") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"cannot read checkpoint {p}: it holds a {type(state).__name__}, not a checkpoint")
     return state
