@@ -309,6 +309,15 @@ def test_non_finite_config_numbers_are_refused(value, tmp_path, capsys, config_f
         in line
 
 
+def test_validation_leaves_its_input_unchanged():
+    from innerloop.experiments.config import validate
+
+    data = {"rule": {"lr": 0.1}, "model": {"hidden": [4]}, "algorithm": {"name": "fomaml"}}
+    before = json.dumps(data)
+    assert validate(data).algorithm.first_order
+    assert json.dumps(data) == before
+
+
 def test_jsonl_and_json_stay_valid_with_non_finite_values(tmp_path):
     def strict(text: str):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))

@@ -7,6 +7,7 @@ against the config class registered for that name.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import tomllib
@@ -252,6 +253,8 @@ def _non_finite(data: Any, path: str, out: list[str]) -> None:
 
 
 def validate(data: dict) -> Config:
+    """The :class:`Config` of ``data`` (a raw dict, left unchanged), or one ConfigError listing every problem."""
+    data = copy.deepcopy(data)  # sections without a name get the default one filled in below
     problems: list[str] = []
     _non_finite(data, "", problems)
     _unknown_keys(data, Config, "", problems)

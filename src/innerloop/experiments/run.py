@@ -2,7 +2,8 @@
 
 A :class:`Run` claims its directory with a lock (one writer; a second process gets a
 :class:`~innerloop.experiments.lock.RunLocked` naming the holder), decides between a fresh start,
-``resume`` and ``overwrite``, and is the only writer of the run's files:
+``resume`` and ``overwrite``, holds the SIGINT/SIGTERM handlers and the current phase while it is
+open (:mod:`~innerloop.experiments.stop`), and is the only writer of the run's files:
 
 * ``config.json`` — the resolved config (the run keeps its own copy in memory);
 * ``metrics.jsonl`` — one JSON object per line: a ``start`` event, training rows (``iteration``,
@@ -27,6 +28,7 @@ from innerloop.experiments import checkpoint as ckpt
 from innerloop.experiments import faults
 from innerloop.experiments.config import Config, ConfigError, to_dict
 from innerloop.experiments.lock import LOCK_NAME, RunLock
+from innerloop.experiments.stop import Stop, StopSignals
 
 #: keys of the config that may change when a run is resumed
 RESUMABLE_CHANGES = {"train.iterations"}
@@ -113,12 +115,15 @@ class Run:
         self.metrics, self.test = self.out / "metrics.jsonl", self.out / "test.json"
         self.resume_state: dict[str, Any] | None = None
         self.saved_iteration: int | None = None  # the iteration last.pt holds
+        self.phase = "start-up"  # then "training", "the final test": named when a signal stops the run
+        self.stops = StopSignals()
         self._lock = RunLock(self.out)
 
     # ---- claiming the directory ----------------------------------------------------------------
     def __enter__(self) -> Run:
         if self.resume and not (self.out / "config.json").is_file():  # checked again under the lock
             raise ConfigError(f"nothing to resume in {self.out} (no config.json); start the run without --resume")
+        self.stops.__enter__()  # from here a signal ends the run with one line, whatever the phase
         try:
             if self.main:
                 self._claim()
@@ -131,11 +136,13 @@ class Run:
                 self._prepare()
         except BaseException:
             self._lock.release()
+            self.stops.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
         self._lock.release()
+        self.stops.__exit__()
 
     def _claim(self) -> None:
         try:
@@ -237,6 +244,9 @@ class Run:
             self.log(event="test", **{k: res[k] for k in ("mean", "ci95", "tasks")})
 
     # ---- messages ------------------------------------------------------------------------------
+    def stopped(self, stop: Stop) -> str:
+        return f"interrupted by {stop.name} during {self.phase}; {self.checkpoint_note()}"
+
     def checkpoint_note(self) -> str:
         """Where a resume would start, for messages: the checkpoint on disk, or that there is none."""
         if self.saved_iteration is not None and self.last.exists():

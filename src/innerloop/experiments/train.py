@@ -26,7 +26,7 @@ from innerloop.experiments import distributed, faults
 from innerloop.experiments.build import build, choose_path
 from innerloop.experiments.config import Config, ConfigError, TrainConfig, validate
 from innerloop.experiments.run import Run, read_run_config
-from innerloop.experiments.stop import Stop, StopSignals
+from innerloop.experiments.stop import Stop
 from innerloop.types import Task
 
 
@@ -171,20 +171,19 @@ def train(
     distributed.check_meta_batch(cfg.train.meta_batch)
     faults.arm_from_env()
     run = Run(cfg, out_dir, resume=resume, overwrite=overwrite, main=distributed.is_main())
-    phase = "start-up"
     try:
-        with StopSignals() as stops, run:
+        with run:
             distributed.barrier()  # rank 0 has prepared the run directory before any rank reads it
-            phase = "training"
-            trained = _meta_train(cfg, run, stops, progress, stop_at)
-            phase = "the final test"
+            run.phase = "training"
+            trained = _meta_train(cfg, run, progress, stop_at)
+            run.phase = "the final test"
             distributed.barrier()  # best.pt and last.pt are on disk before any rank reads them
             return _final_test(cfg, run, *trained)
     except Stop as s:
-        raise RunInterrupted(f"interrupted by {s.name} during {phase}; {run.checkpoint_note()}", s.status) from None
+        raise RunInterrupted(run.stopped(s), s.status) from None
 
 
-def _meta_train(cfg: Config, run: Run, stops: StopSignals, progress: bool, stop_at: int | None
+def _meta_train(cfg: Config, run: Run, progress: bool, stop_at: int | None
                 ) -> tuple[TaskFamily, MetaAlgorithm, str, float]:
     """The meta-training loop; returns what the final test needs (family, algorithm, path, seconds)."""
     family, algo = build(cfg)
@@ -238,7 +237,7 @@ def _meta_train(cfg: Config, run: Run, stops: StopSignals, progress: bool, stop_
     it = start
     try:
         while it < tc.iterations:
-            with stops.deferred():  # a signal now is acted on once this iteration is complete
+            with run.stops.deferred():  # a signal now is acted on once this iteration is complete
                 batch = distributed.split_batch(feed.next())  # this rank's tasks (all of them for one process)
                 batch = Task(*(_cast(t, device, dtype) for t in batch))
                 algo.zero_grad(set_to_none=True)
@@ -273,11 +272,11 @@ def _meta_train(cfg: Config, run: Run, stops: StopSignals, progress: bool, stop_
                     save_last(it)
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
-            stopping = stops.pending is not None or (stop_at is not None and stop_at <= it < tc.iterations)
+            stopping = run.stops.pending is not None or (stop_at is not None and stop_at <= it < tc.iterations)
             if stopping:
                 if run.saved_iteration != it:
                     save_last(it)
-                stops.check()
+                run.stops.check()
                 raise RunInterrupted(f"stopped at iteration {it}; {run.checkpoint_note()}")
     finally:
         bar.close()
