@@ -118,6 +118,10 @@ def make_optimizer(algo: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer | 
                            weight_decay=tc.weight_decay)
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
 def _restore(state: dict[str, Any], where: Path, algo: nn.Module, opt, sched, gen: torch.Generator) -> None:
     """Put a ``last.pt`` state back into the run's objects (a mismatch is one CheckpointError)."""
     try:
@@ -131,9 +135,8 @@ def _restore(state: dict[str, Any], where: Path, algo: nn.Module, opt, sched, ge
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ckpt.CheckpointError(f"checkpoint {where} does not fit this run's model and optimizer ({reason})"
-                                   ) from None
+        raise ckpt.CheckpointError(f"checkpoint {where} does not fit this run's model and optimizer "
+                                   f"({_first_line(e)})") from None
 
 
 def _load_weights(algo: nn.Module, f: Path) -> dict[str, Any]:
@@ -141,8 +144,7 @@ def _load_weights(algo: nn.Module, f: Path) -> dict[str, Any]:
     try:
         algo.load_state_dict(state["algorithm"])
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ckpt.CheckpointError(f"checkpoint {f} does not fit the run's model ({reason})") from None
+        raise ckpt.CheckpointError(f"checkpoint {f} does not fit the run's model ({_first_line(e)})") from None
     return state
 
 
