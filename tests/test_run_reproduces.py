@@ -26,8 +26,8 @@ RUNS = {
         "train.iterations=20", "train.val_every=10", "train.val_tasks=20", "train.log_every=5",
         "train.checkpoint_every=10", "eval.tasks=50", "train.execution=loop"]),
     "glyphs": ("configs/glyphs_fomaml.toml", [
-        "train.iterations=4", "train.meta_batch=2", "train.val_every=2", "train.val_tasks=10", "train.log_every=1",
-        "train.checkpoint_every=2", "eval.tasks=10", "eval.batch=5", "train.execution=loop"]),
+        "train.iterations=4", "train.meta_batch=2", "train.val_every=2", "train.val_tasks=4", "train.log_every=1",
+        "train.checkpoint_every=2", "eval.tasks=4", "eval.batch=4", "train.execution=loop"]),
 }
 
 
