@@ -81,6 +81,16 @@ def test_sigterm_during_the_final_test_resumes_to_the_same_test(tmp_path, refere
     assert outcome(out) == reference
 
 
+def test_kill_9_after_rows_beyond_the_checkpoint_resumes_exactly(tmp_path, reference):
+    # log passes: start event, rows of iterations 1..3, validation row of 3, row of 4, row of 5: killed after it
+    out, r = _interrupt(tmp_path, "log", 7, "KILL")
+    assert r.returncode == -signal.SIGKILL
+    assert ckpt.load_torch(out / "last.pt")["iteration"] == 4
+    assert b'"iteration": 5' in (out / "metrics.jsonl").read_bytes()  # a row the resume must cut
+    train(tiny(), out, resume=True, progress=False)
+    assert outcome(out) == reference
+
+
 def test_kill_9_during_a_checkpoint_write_leaves_a_temp_file_that_resume_removes(tmp_path, reference):
     # file writes: config.json, best.pt (it 3), last.pt (it 2), last.pt (it 4): the 4th is killed before its rename
     out, r = _interrupt(tmp_path, "file_write", 4, "KILL")
