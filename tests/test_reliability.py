@@ -284,7 +284,6 @@ def test_a_read_only_output_directory_is_one_line(tmp_path, capsys, config_file,
 
 
 def test_a_read_only_run_directory_is_one_line_for_resume_and_eval(run_copy, capsys, config_file, monkeypatch):
-    (run_copy / ".lock").unlink()
     _read_only(monkeypatch, run_copy)
     try:
         status, line = run_cli(capsys, *train_args(config_file, run_copy, "--resume"))

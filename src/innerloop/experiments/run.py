@@ -133,7 +133,10 @@ class Run:
             elif self.main:
                 self._check_fresh()
             if self.main:
-                self._prepare()
+                try:
+                    self._prepare()
+                except OSError as e:  # a read-only directory whose lock file is still writable, a full disk
+                    raise ConfigError(f"cannot write in run directory {self.out}: {e.strerror}") from None
         except BaseException:
             self._lock.release()
             self.stops.__exit__()
