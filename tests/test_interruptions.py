@@ -107,10 +107,10 @@ PASSES = {"startup": 1, "meta_step": 8, "log": 13, "validate": 6, "file_write": 
 
 
 def test_random_interruptions_resume_bit_identical(tmp_path, reference):
-    """20 seeds, each 1-2 interruptions at a random point (SIGINT, SIGTERM, or an abrupt end as kill -9
+    """40 seeds, each 1-2 interruptions at a random point (SIGINT, SIGTERM, or an abrupt end as kill -9
     in-process), each followed by --resume: every run ends bit-identical to the uninterrupted one."""
     fired = 0
-    for seed in range(20):
+    for seed in range(40):
         rng = random.Random(seed)
         out = tmp_path / f"seed{seed}"
         for _ in range(rng.choice([1, 2])):
@@ -125,7 +125,7 @@ def test_random_interruptions_resume_bit_identical(tmp_path, reference):
         train(tiny(), out, resume=(out / "config.json").exists(), progress=False)
         assert outcome(out) == reference, (seed, point)
         assert not list(out.glob(".*.tmp"))
-    assert fired >= 20  # most planned interruptions happened (a resumed run passes fewer points)
+    assert fired >= 45  # of ~60 planned: most happened (a resumed run passes fewer points)
 
 
 def test_generator_state_in_last_pt_is_the_one_after_the_last_applied_batch(tmp_path):
