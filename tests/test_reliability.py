@@ -258,6 +258,12 @@ def test_out_under_a_regular_file_is_one_line(tmp_path, capsys, config_file):
     assert status == 2 and "is a file" in line
 
 
+def test_upper_bound_out_under_a_regular_file_is_refused_before_the_work(tmp_path, capsys, config_file):
+    (tmp_path / "file").write_text("x")
+    status, line = run_cli(capsys, "upper-bound", str(config_file), "--out", str(tmp_path / "file" / "ub"))
+    assert status == 2 and "is a file" in line
+
+
 def _read_only(monkeypatch, directory: Path) -> None:
     """Make ``directory`` refuse new files: chmod, and, for root (whom chmod does not stop), os.open."""
     directory.chmod(0o555)

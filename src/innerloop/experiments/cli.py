@@ -22,6 +22,7 @@ from innerloop.data.images.check import MAX_IMAGE_PROBLEMS
 from innerloop.errors import UserError
 from innerloop.experiments import distributed
 from innerloop.experiments.config import ConfigError, load
+from innerloop.experiments.run import check_output_dir
 from innerloop.experiments.stop import Stop
 from innerloop.experiments.train import RunInterrupted, TrainingDiverged, evaluate_run, train
 from innerloop.rules import RULES
@@ -153,6 +154,7 @@ def cmd_upper_bound(args: argparse.Namespace, overrides: list[str]) -> int:
 
     cfg = load(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-upper-bound"
+    check_output_dir(out)  # before the training, not after it
     try:
         opts = UpperBoundOptions(train_points=args.train_points, steps=args.steps, lr=args.lr,
                                  optimizer=args.optimizer, tasks=args.tasks, data_seed=args.data_seed, init=args.init)

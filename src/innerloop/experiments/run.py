@@ -55,6 +55,16 @@ def read_run_config(out: Path) -> dict:
     return data
 
 
+def check_output_dir(out: Path) -> None:
+    """Refuse, before any work, an output directory that cannot be created: it or a parent is a file."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "it is a file" if p == out else f"{p} is a file"
+                raise ConfigError(f"cannot use {out} as an output directory: {where}")
+            return
+
+
 def config_changes(stored: dict, new: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
     """Every dotted key whose value differs, with its stored and new values."""
     out = []
