@@ -1,9 +1,11 @@
 """Sample meta-batches ahead of training in a background thread, without losing exact resume.
 
 The thread draws batches in order from one ``torch.Generator`` and hands each over together with
-the generator state right *after* it was drawn. The trainer checkpoints that state for the last
-batch it consumed, so a resumed run draws exactly the batches an uninterrupted run would have,
-however far ahead the thread had got. Decoding images (lazily loaded datasets) and building
+the generator state right *after* it was drawn (:attr:`Prefetcher.state_after`, updated by
+:meth:`Prefetcher.next`). The trainer copies that state once the iteration that used the batch is
+complete, and checkpoints the copy: a resumed run then draws exactly the batches an uninterrupted
+run would have, however far ahead the thread had got, and a stop in the middle of an iteration
+does not skip the batch it had drawn. Decoding images (lazily loaded datasets) and building
 episodes then overlap with the meta-step.
 """
 

@@ -1,20 +1,30 @@
 """Command line: ``innerloop train | eval | reproduce | report | upper-bound | plot | demo | data``.
 
-User errors (bad config, missing run, ...) print one line to stderr and exit with status 2.
+Every failure is one line on stderr, never a traceback, with the exit status saying what kind:
+2 for the user's input (usage, config, paths, data, checkpoints), 1 at run time (training diverged,
+an unexpected error), 130 / 143 when stopped by SIGINT / SIGTERM (``train`` first saves ``last.pt``).
+``INNERLOOP_DEBUG=1`` shows the traceback of an unexpected error.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from innerloop import __version__
+from innerloop.data.images.check import MAX_IMAGE_PROBLEMS
 from innerloop.errors import UserError
 from innerloop.experiments import distributed
 from innerloop.experiments.config import ConfigError, load
+from innerloop.experiments.run import check_output_dir
+from innerloop.experiments.stop import Stop
 from innerloop.experiments.train import RunInterrupted, TrainingDiverged, evaluate_run, train
 from innerloop.rules import RULES
 
@@ -47,10 +57,10 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = load(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     try:
-        res = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+        res = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     except RunInterrupted as e:
-        print(f"innerloop: {e} (run directory {out})", file=sys.stderr)
-        return 130
+        _say(str(e))
+        return e.status
     if not distributed.is_main():  # under torchrun only rank 0 prints the result
         return 0
     print(format_table([result_row(cfg.name, res)], COLUMNS))
@@ -63,6 +73,8 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ConfigError(f"eval takes no config overrides (got {' '.join(overrides)})")
     res = evaluate_run(args.run_dir, tasks=args.tasks, steps=args.steps, which=args.checkpoint, write=not args.no_write)
     print(format_table([result_row(res["name"], res)], COLUMNS))
+    if "file" in res:
+        print(f"wrote {res['file']}")
     return 0
 
 
@@ -71,6 +83,8 @@ def cmd_reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ConfigError(f"reproduce takes no config overrides (got {' '.join(overrides)}); edit the table")
     from innerloop.experiments.reproduce import markdown, reproduce
 
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     report = reproduce(args.table, scale=args.scale, out_root=args.out, jobs=args.jobs, only=args.rows,
                        restart_stale=args.restart_stale, smoke=args.smoke, collect=args.collect)
     print(markdown(report))
@@ -86,10 +100,11 @@ DEMO_RUNS = {
 def _demo_run(name: str, cfg_overrides: list[str], out_root: str, progress: bool) -> dict:
     cfg = load(None, [f"name={name}", *cfg_overrides])
     out = Path(out_root) / name
-    if (out / "last.pt").exists():
+    if (out / "test.json").exists():
         print(f"{name}: reusing {out} (delete it to train again)")
-        return evaluate_run(out)
-    return train(cfg, out, progress=progress)
+        return json.loads((out / "test.json").read_text())
+    # a demo run stopped earlier continues where it stopped
+    return train(cfg, out, resume=(out / "config.json").exists(), progress=progress)
 
 
 # The glyph run: ANIL (first order) on the embedded glyph benchmark, 5-way 1-shot, 4-CONV-32.
@@ -141,6 +156,7 @@ def cmd_upper_bound(args: argparse.Namespace, overrides: list[str]) -> int:
 
     cfg = load(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-upper-bound"
+    check_output_dir(out)  # before the training, not after it
     try:
         opts = UpperBoundOptions(train_points=args.train_points, steps=args.steps, lr=args.lr,
                                  optimizer=args.optimizer, tasks=args.tasks, data_seed=args.data_seed, init=args.init)
@@ -202,10 +218,12 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="meta-train a run from a config file, then test it",
-                       usage="innerloop train [-h] [--out OUT] [--resume] [--no-progress] config "
+                       usage="innerloop train [-h] [--out OUT] [--resume | --overwrite] [--no-progress] config "
                        "[section.key=value ...]",
                        description="Meta-train from CONFIG (TOML or JSON) plus overrides; validate, "
-                       "checkpoint and finally test on fixed tasks.",
+                       "checkpoint and finally test on fixed tasks. One process writes a run directory at a "
+                       "time. Ctrl-C (SIGINT) or SIGTERM finishes the current iteration, saves last.pt and exits "
+                       "130 / 143; --resume then continues exactly as if uninterrupted.",
                        epilog="Overrides are section.key=value with TOML values, e.g. rule.name=meta_sgd "
                        "model.hidden=[80,80,80] train.iterations=5000. Sections: task, model, rule, "
                        "algorithm, train, eval. Rules: " + ", ".join(sorted(RULES)) + ". Several processes: "
@@ -214,17 +232,23 @@ def make_parser() -> argparse.ArgumentParser:
                        "rank 0 writes the run directory.")
     t.add_argument("config", help="config file (.toml or .json)")
     t.add_argument("--out", help="run directory (default: runs/<name>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    how = t.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt (only "
+                     "train.iterations may change, and not below what is done)")
+    how.add_argument("--overwrite", action="store_true", help="start again in --out, deleting the run there "
+                     "(without it, a fresh run needs an empty or new --out)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="test a run directory on fixed tasks",
-                       description="Rebuild a run from RUN_DIR/config.json and test its best checkpoint.")
+                       description="Rebuild a run from RUN_DIR/config.json and test its best checkpoint. The "
+                       "result goes to RUN_DIR/eval-CHECKPOINT-stepsS-tasksN.json (test.json is train's and "
+                       "is never touched).")
     e.add_argument("run_dir")
-    e.add_argument("--tasks", type=int, help="number of test tasks (default: eval.tasks of the run)")
-    e.add_argument("--steps", type=int, help="inner steps (default: algorithm.eval_inner_steps)")
+    e.add_argument("--tasks", type=int, help="number of test tasks, at least 1 (default: eval.tasks of the run)")
+    e.add_argument("--steps", type=int, help="inner steps, at least 1 (default: algorithm.eval_inner_steps)")
     e.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    e.add_argument("--no-write", action="store_true", help="do not write test.json")
+    e.add_argument("--no-write", action="store_true", help="only print the result")
     e.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser("reproduce", help="run every row of a table file and write a results report",
@@ -234,7 +258,8 @@ def make_parser() -> argparse.ArgumentParser:
                    "table name (alfa_table8) for configs/tables/NAME.toml")
     r.add_argument("--scale", default="cpu", help="which scale's overrides to apply (default cpu)")
     r.add_argument("--out", default="results", help="results root (default results/)")
-    r.add_argument("--jobs", type=int, default=1, help="rows trained at once (each with 1 thread when > 1)")
+    r.add_argument("--jobs", type=int, default=1, help="rows trained at once, at least 1 (each with 1 thread when "
+                   "> 1)")
     r.add_argument("--rows", nargs="+", help="only these row names")
     r.add_argument("--collect", action="store_true", help="train nothing: rewrite results/<table>.json and .md "
                    "from the finished runs on disk (after a table file's notes or rows changed)")
@@ -262,7 +287,8 @@ def make_parser() -> argparse.ArgumentParser:
     dc = da_sub.add_parser("check", help="list the datasets found, their layout, classes and images per split, "
                            "and every problem",
                            description="Search a data root for every dataset with an on-disk loader and report "
-                           "its layout, classes and images per split and every problem found (exit 1 on a "
+                           "its layout, classes and images per split and every problem found (unreadable images: "
+                           f"the first {MAX_IMAGE_PROBLEMS} per split by name, the rest counted; exit 1 on a "
                            "problem or when nothing is found).")
     dc.add_argument("--root", help="data root (default: $INNERLOOP_DATA, else ./data)")
     dc.add_argument("--dataset", action="append", help="check only this dataset (repeatable)")
@@ -347,20 +373,49 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _raise_stop(signum: int, frame) -> None:
+    raise Stop(signum)
+
+
+def _say(text: str) -> None:
+    """One line on stderr, whatever the message holds."""
+    print("innerloop: " + " ".join(str(text).split()), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args, rest = parser.parse_known_args(argv)
     bad = [r for r in rest if "=" not in r and not r.lstrip("-").startswith("~")]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    # SIGTERM ends any command like Ctrl-C does (one line, status 143); train defers both to the end
+    # of an iteration while it trains
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stop) if on_main else None
     try:
         return args.fn(args, rest)
-    except (UserError, FileExistsError) as e:
-        print(f"innerloop: {e}", file=sys.stderr)
+    except UserError as e:
+        _say(str(e))
         return 2
     except TrainingDiverged as e:
-        print(f"innerloop: training diverged: {e}", file=sys.stderr)
+        _say(f"training diverged: {e}")
         return 1
+    except (KeyboardInterrupt, Stop) as e:
+        stop = e if isinstance(e, Stop) else Stop(signal.SIGINT)
+        _say(f"interrupted by {stop.name}")
+        return stop.status
+    except OSError as e:  # a file system refusal no check foresaw (disk full, permissions, ...)
+        where = f": {e.filename}" if e.filename else ""
+        _say(f"{e.strerror or e}{where}")
+        return 1
+    except Exception as e:
+        if os.environ.get("INNERLOOP_DEBUG"):
+            raise
+        _say(f"internal error: {type(e).__name__}: {e} (INNERLOOP_DEBUG=1 shows the traceback)")
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ against the config class registered for that name.
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import tomllib
 import typing
 from pathlib import Path
@@ -219,9 +221,25 @@ def _refresh() -> None:
     _built_at = registry.version()
 
 
+
+def _non_finite(data: Any, path: str, out: list[str]) -> None:
+    # TOML reads inf and nan as floats, and pydantic's number types accept them (rule.lr = inf)
+    if isinstance(data, float) and not math.isfinite(data):
+        out.append(f"{path}: must be a finite number (got {data})")
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            _non_finite(v, f"{path}.{k}" if path else str(k), out)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _non_finite(v, f"{path}.{i}", out)
+
+
 def validate(data: dict) -> Config:
+    """The :class:`Config` of ``data`` (a raw dict, left unchanged), or one ConfigError listing every problem."""
+    data = copy.deepcopy(data)  # sections without a name get the default one filled in below
     _refresh()
     problems: list[str] = []
+    _non_finite(data, "", problems)
     _unknown_keys(data, Config, "", problems)
     if problems:
         raise ConfigError("config error: " + "; ".join(problems))
@@ -294,11 +312,17 @@ def read_file(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        if p.suffix == ".json":
-            return json.loads(p.read_text())
-        return tomllib.loads(p.read_text())
+        text = p.read_text(encoding="utf-8")
+        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot parse config file {p}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} holds a JSON {type(data).__name__}, not a table of settings")
+    return data
 
 
 def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:

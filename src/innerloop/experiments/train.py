@@ -1,13 +1,12 @@
 """Meta-training and evaluation of one configured run.
 
-A run directory holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON object per
-log line), ``last.pt`` (everything needed to resume exactly), ``best.pt`` (best validation
-weights) and ``test.json`` (the final test on fixed tasks, from ``best.pt``).
+:func:`train` is the loop (meta-step, log, validate, checkpoint) and the final test; the run
+directory (lock, fresh or resumed start, files) is :class:`~innerloop.experiments.run.Run`'s,
+signals are :mod:`~innerloop.experiments.stop`'s. :func:`evaluate_run` re-tests a finished run.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import time
@@ -21,14 +20,14 @@ from tqdm.auto import tqdm
 from innerloop.algorithms import EvalOutput, MetaAlgorithm
 from innerloop.data import TaskFamily
 from innerloop.data.prefetch import Prefetcher
+from innerloop.errors import UserError
 from innerloop.experiments import checkpoint as ckpt
-from innerloop.experiments import distributed
+from innerloop.experiments import distributed, faults
 from innerloop.experiments.build import build, choose_path
-from innerloop.experiments.config import Config, ConfigError, TrainConfig, to_dict, validate
+from innerloop.experiments.config import Config, ConfigError, TrainConfig, validate
+from innerloop.experiments.run import Run, read_run_config
+from innerloop.experiments.stop import Stop
 from innerloop.types import Task
-
-#: keys of the config that may change when a run is resumed
-RESUMABLE_CHANGES = {"train.iterations"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -36,7 +35,14 @@ class TrainingDiverged(RuntimeError):
 
 
 class RunInterrupted(RuntimeError):
-    """Training stopped early (Ctrl-C or ``stop_at``); ``last.pt`` holds the state to resume from."""
+    """Training stopped early (SIGINT, SIGTERM or ``stop_at``); the message says what ``last.pt`` holds.
+
+    ``status`` is the exit status the CLI uses: 128 + the signal's number (130 for SIGINT and for
+    ``stop_at``, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, status: int = 130):
+        super().__init__(message)
+        self.status = status
 
 
 def mean_ci(values: torch.Tensor) -> tuple[float, float]:
@@ -48,7 +54,7 @@ def mean_ci(values: torch.Tensor) -> tuple[float, float]:
 
 
 def evaluate_tasks(
-    algo: MetaAlgorithm, tasks: Task, *, path: str, batch: int, steps: int | None = None
+    algo: MetaAlgorithm, tasks: Task, *, path: str, batch: int, steps: int | None = None, fault: str = "evaluate"
 ) -> EvalOutput:
     """Evaluate ``algo`` on every task of ``tasks`` (``batch`` tasks at a time).
 
@@ -61,6 +67,7 @@ def evaluate_tasks(
     for i in range(lo, hi, batch):
         chunk = Task(*(_cast(t[i : min(i + batch, hi)], dev, dtype) for t in tasks))
         outs.append(algo.evaluate(chunk, path, steps))
+        faults.point(fault)
     outs = distributed.gather_list(outs)
     return EvalOutput(
         torch.cat([o.loss for o in outs]),
@@ -87,29 +94,6 @@ def summarize(out: EvalOutput, family: TaskFamily) -> dict[str, Any]:
     }
 
 
-def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        key = f"{prefix}{k}"
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, key + ".")
-        elif va != vb:
-            out.append(key)
-    return out
-
-
-class _Logger:
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path, self.enabled = path, enabled
-
-    def __call__(self, **row: Any) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
 def make_optimizer(algo: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer | None:
     """The outer optimizer of ``algo.meta_parameters()``, or None when there is nothing to learn.
 
@@ -134,47 +118,76 @@ def make_optimizer(algo: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer | 
                            weight_decay=tc.weight_decay)
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def _restore(state: dict[str, Any], where: Path, algo: nn.Module, opt, sched, gen: torch.Generator) -> None:
+    """Put a ``last.pt`` state back into the run's objects (a mismatch is one CheckpointError)."""
+    try:
+        algo.load_state_dict(state["algorithm"])
+        if (opt is None) != (state["optimizer"] is None) or (sched is None) != (state["scheduler"] is None):
+            raise ValueError("it has a different outer optimizer or schedule")
+        if opt is not None:
+            opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ckpt.CheckpointError(f"checkpoint {where} does not fit this run's model and optimizer "
+                                   f"({_first_line(e)})") from None
+
+
+def _load_weights(algo: nn.Module, f: Path) -> dict[str, Any]:
+    state = ckpt.load_checkpoint(f, "best")
+    try:
+        algo.load_state_dict(state["algorithm"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise ckpt.CheckpointError(f"checkpoint {f} does not fit the run's model ({_first_line(e)})") from None
+    return state
+
+
 def train(
     cfg: Config,
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     stop_at: int | None = None,
 ) -> dict[str, Any]:
     """Meta-train, validate, checkpoint and test one run; return the test summary.
 
-    With ``resume`` the run continues from ``out_dir/last.pt`` exactly (same tasks, same optimizer
-    state, same random streams); only ``train.iterations`` may differ from the stored config.
-    ``stop_at`` ends training after that iteration (as an interruption would) and raises
-    :class:`RunInterrupted`.
+    A fresh run needs an empty (or new) ``out_dir``; ``overwrite`` replaces a run in it. With
+    ``resume`` the run continues from ``out_dir/last.pt`` exactly (same tasks, same optimizer
+    state, same random streams); only ``train.iterations`` may differ from the stored config, and
+    not below what the run has done. ``stop_at`` ends training after that iteration (as a signal
+    would) and raises :class:`RunInterrupted`. SIGINT and SIGTERM finish the current iteration,
+    write ``last.pt`` and raise :class:`RunInterrupted` (see :mod:`innerloop.experiments.stop`).
 
     Launched by torchrun (``WORLD_SIZE`` > 1) the meta-batch is split across the processes and
     rank 0 alone writes files; see :mod:`innerloop.experiments.distributed`.
     """
     distributed.init(cfg.train.device)  # no-op for one process; the group lives until the process exits
     distributed.check_meta_batch(cfg.train.meta_batch)
-    out = Path(out_dir)
-    main = distributed.is_main()
-    last, best = out / "last.pt", out / "best.pt"
-    if last.exists() and not resume:
-        raise ConfigError(f"{out} already holds a run (last.pt); pass --resume to continue it or use another --out")
-    if resume:
-        if not last.exists():
-            raise ConfigError(f"nothing to resume: {last} does not exist")
-        stored = json.loads((out / "config.json").read_text())
-        changed = [k for k in _diff(stored, to_dict(cfg)) if k not in RESUMABLE_CHANGES]
-        if changed:
-            raise ConfigError(
-                f"cannot resume {out}: the config differs from the stored one in {', '.join(changed)} "
-                f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
-            )
-    distributed.barrier()  # every rank has checked the run directory before rank 0 writes to it
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.save_json(to_dict(cfg), out / "config.json")
-    log = _Logger(out / "metrics.jsonl", enabled=main)
+    faults.arm_from_env()
+    run = Run(cfg, out_dir, resume=resume, overwrite=overwrite, main=distributed.is_main())
+    try:
+        with run:
+            distributed.barrier()  # rank 0 has prepared the run directory before any rank reads it
+            run.phase = "training"
+            trained = _meta_train(cfg, run, progress, stop_at)
+            run.phase = "the final test"
+            distributed.barrier()  # best.pt and last.pt are on disk before any rank reads them
+            return _final_test(cfg, run, *trained)
+    except Stop as s:
+        raise RunInterrupted(run.stopped(s), s.status) from None
 
+
+def _meta_train(cfg: Config, run: Run, progress: bool, stop_at: int | None
+                ) -> tuple[TaskFamily, MetaAlgorithm, str, float]:
+    """The meta-training loop; returns what the final test needs (family, algorithm, path, seconds)."""
     family, algo = build(cfg)
     device = next(algo.parameters()).device
     dtype = next(algo.parameters()).dtype
@@ -188,102 +201,106 @@ def train(
     sign = 1.0 if family.higher_is_better else -1.0
     start, best_score, best_it, seconds_before = 0, -math.inf, -1, 0.0
 
-    if resume:
-        state = ckpt.load_torch(last, map_location=device)
-        algo.load_state_dict(state["algorithm"])
-        if opt is not None:
-            opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        start, best_score, best_it = state["iteration"], state["best_score"], state["best_iteration"]
+    state = run.resume_state
+    if state is not None:
+        _restore(state, run.last, algo, opt, sched, gen)
+        start, best_score, best_it = state["iteration"], float(state["best_score"]), state["best_iteration"]
         path = state["path"]
-        seconds_before = state.get("train_seconds", 0.0)
-        log(event="resume", iteration=start)
+        seconds_before = float(state.get("train_seconds", 0.0))
     else:
-        log(event="start", path=path, meta_parameters=sum(p.numel() for p in params))
+        run.log(event="start", path=path, meta_parameters=sum(p.numel() for p in params))
     distributed.broadcast_module(algo)
+    gen_state = gen.get_state()  # the generator after the batches of the iterations done, as last.pt keeps it
+    t0 = time.perf_counter()
+
+    def seconds() -> float:
+        return seconds_before + time.perf_counter() - t0
 
     def save_last(it: int) -> None:
-        if not main:
-            return
-        ckpt.save_torch(
-            {
-                "iteration": it,
-                "algorithm": algo.state_dict(),
-                "optimizer": opt.state_dict() if opt is not None else None,
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "generator": feed.state_after if feed is not None else gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "best_score": best_score,
-                "best_iteration": best_it,
-                "path": path,
-                "train_seconds": seconds_before + time.perf_counter() - t0,
-            },
-            last,
-        )
+        run.save_last({
+            "iteration": it,
+            "algorithm": algo.state_dict(),
+            "optimizer": opt.state_dict() if opt is not None else None,
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "generator": gen_state,
+            "torch_rng": torch.get_rng_state(),
+            "best_score": best_score,
+            "best_iteration": best_it,
+            "path": path,
+            "train_seconds": seconds(),
+        })
 
-    t0 = time.perf_counter()
-    # batches are drawn ahead in a thread; the checkpoint keeps the generator state after the last
-    # batch consumed, so resuming draws the same batches as an uninterrupted run
+    # batches are drawn ahead in a thread; an iteration takes the generator state that came with
+    # its batch only once it is complete, so a stop never skips a batch drawn but not applied
     feed = Prefetcher(family.sample, tc.meta_batch, gen, tc.prefetch) if start < tc.iterations else None
-    bar = tqdm(total=tc.iterations, initial=start, disable=not (progress and main), desc=cfg.name,
+    bar = tqdm(total=tc.iterations, initial=start, disable=not (progress and run.main), desc=cfg.name,
                dynamic_ncols=True)
     postfix: dict[str, str] = {}
     it = start
     try:
         while it < tc.iterations:
-            batch = distributed.split_batch(feed.next())  # this rank's tasks (all of them for one process)
-            batch = Task(*(_cast(t, device, dtype) for t in batch))
-            algo.zero_grad(set_to_none=True)
-            stats = distributed.mean_stats(algo.meta_backward(batch, path), device)
-            distributed.all_reduce_grads(params)
-            if not all(math.isfinite(v) for v in stats.values()):
-                raise TrainingDiverged(
-                    f"meta-loss is not finite at iteration {it + 1} ({stats}); lower train.meta_lr or the "
-                    f"rule's lr, or set train.clip_grad_norm (last checkpoint: {last})")
-            if opt is not None:
-                if tc.clip_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, tc.clip_grad_norm)
-                opt.step()
-                if sched is not None:
-                    sched.step()
-            it += 1
-            if it % tc.log_every == 0 or it == tc.iterations:
-                log(iteration=it, loss=stats["loss"], metric=stats["metric"], seconds=time.perf_counter() - t0)
-                postfix["loss"] = f"{stats['loss']:.4g}"
-            if it % tc.val_every == 0 or it == tc.iterations:
-                v = summarize(evaluate_tasks(algo, val_tasks, path=path, batch=cfg.eval.batch), family)
-                score = sign * v["mean"]
-                if score > best_score:
-                    best_score, best_it = score, it
-                    if main:
-                        ckpt.save_torch({"iteration": it, "algorithm": algo.state_dict(), "val": v}, best)
-                log(iteration=it, val=v["mean"], val_ci95=v["ci95"], best_iteration=best_it)
-                postfix["val"] = f"{v['mean']:.4g}"
-            if it % tc.checkpoint_every == 0 or it == tc.iterations:
-                save_last(it)
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
-            if stop_at is not None and it >= stop_at and it < tc.iterations:
-                save_last(it)
-                raise RunInterrupted(f"stopped at iteration {it}")
-    except KeyboardInterrupt:
-        save_last(it)
-        raise RunInterrupted(f"interrupted at iteration {it}; continue with --resume") from None
+            with run.stops.deferred():  # a signal now is acted on once this iteration is complete
+                batch = distributed.split_batch(feed.next())  # this rank's tasks (all of them for one process)
+                batch = Task(*(_cast(t, device, dtype) for t in batch))
+                algo.zero_grad(set_to_none=True)
+                stats = distributed.mean_stats(algo.meta_backward(batch, path), device)
+                distributed.all_reduce_grads(params)
+                faults.point("meta_step")
+                if not all(math.isfinite(v) for v in stats.values()):
+                    raise TrainingDiverged(
+                        f"meta-loss is not finite at iteration {it + 1} ({stats}); lower train.meta_lr or the "
+                        f"rule's lr, or set train.clip_grad_norm ({run.checkpoint_note()})")
+                if opt is not None:
+                    if tc.clip_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(params, tc.clip_grad_norm)
+                    opt.step()
+                    if sched is not None:
+                        sched.step()
+                it += 1
+                gen_state = feed.state_after
+                if it % tc.log_every == 0 or it == tc.iterations:
+                    run.log(iteration=it, loss=stats["loss"], metric=stats["metric"], seconds=seconds())
+                    postfix["loss"] = f"{stats['loss']:.4g}"
+                if it % tc.val_every == 0 or it == tc.iterations:
+                    v = summarize(evaluate_tasks(algo, val_tasks, path=path, batch=cfg.eval.batch,
+                                                 fault="validate"), family)
+                    score = sign * v["mean"]
+                    if score > best_score:
+                        best_score, best_it = score, it
+                        run.save_best(it, algo.state_dict(), v)
+                    run.log(iteration=it, val=v["mean"], val_ci95=v["ci95"], best_iteration=best_it)
+                    postfix["val"] = f"{v['mean']:.4g}"
+                if it % tc.checkpoint_every == 0 or it == tc.iterations:
+                    save_last(it)
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+            stopping = run.stops.pending is not None or (stop_at is not None and stop_at <= it < tc.iterations)
+            if stopping:
+                if run.saved_iteration != it:
+                    save_last(it)
+                run.stops.check()
+                raise RunInterrupted(f"stopped at iteration {it}; {run.checkpoint_note()}")
     finally:
         bar.close()
         if feed is not None:
             feed.close()
-    if not last.exists():  # zero iterations
+    if run.saved_iteration != it:  # zero iterations to do: last.pt still marks the run as trained
         save_last(it)
-    distributed.barrier()  # best.pt and last.pt are on disk before any rank reads them
-    return evaluate_run(out, extra={
-        "iterations": it,
-        "train_seconds": seconds_before + time.perf_counter() - t0,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    })
+    return family, algo, path, seconds()
+
+
+def _final_test(cfg: Config, run: Run, family: TaskFamily, algo: MetaAlgorithm, path: str, seconds: float
+                ) -> dict[str, Any]:
+    """Test the best validation weights (``last.pt`` when no validation improved) and write test.json."""
+    f = run.best if run.best.exists() else run.last
+    state = _load_weights(algo, f)
+    test_tasks = family.for_split("test").fixed_tasks(cfg.eval.tasks, cfg.eval.seed)
+    res = summarize(evaluate_tasks(algo, test_tasks, path=path, batch=cfg.eval.batch, fault="test"), family)
+    res.update(name=cfg.name, checkpoint="best", iteration=state["iteration"], val=state.get("val", {}).get("mean"),
+               inner_steps=algo.eval_inner_steps, path=path, iterations=run.saved_iteration, train_seconds=seconds,
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    run.write_test(res)
+    return res
 
 
 def load_run(run_dir: str | Path, which: str = "best"
@@ -292,19 +309,28 @@ def load_run(run_dir: str | Path, which: str = "best"
     best yet); return the config, task family, algorithm, execution path, checkpoint iteration and
     the checkpoint's validation score (``None`` for ``last.pt``)."""
     out = Path(run_dir)
-    if not (out / "config.json").is_file():
-        raise ConfigError(f"{out} is not a run directory (no config.json)")
-    cfg = validate(json.loads((out / "config.json").read_text()))
+    try:
+        cfg = validate(read_run_config(out))
+    except ConfigError as e:
+        raise ConfigError(f"{out}/config.json: {e}") if str(e).startswith("config error") else e from None
     family, algo = build(cfg)
     f = out / f"{which}.pt"
     if which == "best" and not f.exists():
         f = out / "last.pt"
     if not f.exists():
         raise ConfigError(f"{out} has no checkpoint ({which}.pt or last.pt)")
-    state = ckpt.load_torch(f, map_location=next(algo.parameters()).device)
-    algo.load_state_dict(state["algorithm"])
+    state = _load_weights(algo, f)
     path = state.get("path") or choose_path(algo, cfg.train.execution, next(algo.parameters()).device)
-    return cfg, family, algo, path, state["iteration"], state.get("val", {}).get("mean")
+    if path not in ckpt.PATHS:
+        raise ckpt.CheckpointError(f"checkpoint {f} names an unknown execution path {path!r}")
+    val = state.get("val", {}).get("mean") if isinstance(state.get("val"), dict) else None
+    return cfg, family, algo, path, state["iteration"], val
+
+
+def eval_file_name(which: str, steps: int, tasks: int) -> str:
+    """Where ``innerloop eval`` writes its result in the run directory: named by its settings, so that
+    it never replaces test.json (train's) or another setting's result."""
+    return f"eval-{which}-steps{steps}-tasks{tasks}.json"
 
 
 def evaluate_run(
@@ -314,24 +340,25 @@ def evaluate_run(
     steps: int | None = None,
     which: str = "best",
     write: bool = True,
-    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Test on ``eval.tasks`` tasks fixed by ``eval.seed``, from the best-validation weights."""
+    """Test a run's ``which`` checkpoint on ``tasks`` test tasks (default ``eval.tasks``, fixed by
+    ``eval.seed``) with ``steps`` inner steps (default ``algorithm.eval_inner_steps``). With ``write``
+    the result goes to :func:`eval_file_name` in the run directory (its path is the result's ``file``)."""
+    for flag, v in (("tasks", tasks), ("steps", steps)):
+        if v is not None and v < 1:
+            raise ConfigError(f"--{flag} must be at least 1, got {v}")
     out = Path(run_dir)
     cfg, family, algo, path, iteration, val = load_run(out, which)
-    n = tasks or cfg.eval.tasks
+    n = cfg.eval.tasks if tasks is None else tasks
     test_tasks = family.for_split("test").fixed_tasks(n, cfg.eval.seed)
     res = summarize(evaluate_tasks(algo, test_tasks, path=path, batch=cfg.eval.batch, steps=steps), family)
-    res.update(
-        name=cfg.name,
-        checkpoint=which,
-        iteration=iteration,
-        val=val,
-        inner_steps=steps or algo.eval_inner_steps,
-        path=path,
-        **(extra or {}),
-    )
+    res.update(name=cfg.name, checkpoint=which, iteration=iteration, val=val,
+               inner_steps=algo.eval_inner_steps if steps is None else steps, path=path)
     if write and distributed.is_main():
-        ckpt.save_json(res, out / "test.json")
-        _Logger(out / "metrics.jsonl")(event="test", **{k: res[k] for k in ("mean", "ci95", "tasks")})
+        f = out / eval_file_name(which, res["inner_steps"], n)
+        try:
+            ckpt.save_json(res, f)
+        except OSError as e:
+            raise UserError(f"cannot write {f}: {e.strerror} (pass --no-write to only print the result)") from None
+        res["file"] = str(f)
     return res

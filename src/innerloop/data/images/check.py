@@ -6,7 +6,8 @@ loaders do). A dataset that is found is loaded split by split with its default s
 reports load errors, class counts that differ from the standard split, classes absent from the
 published class lists, classes in two splits, classes without images, files whose md5 differs from the
 published one, and images that cannot be decoded -- the first image of every class, or every image
-with ``all_images=True``. Nothing is written to the data folders.
+with ``all_images=True``; each unreadable image is named, up to :data:`MAX_IMAGE_PROBLEMS` per split,
+and the rest are counted. Nothing is written to the data folders.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 from innerloop.data.images._common import LOCATORS, Found, fail
 from innerloop.data.images.base import DATASETS, DatasetError
 
-MAX_IMAGE_PROBLEMS = 5  # per split; the rest are counted
+#: unreadable images named per split; beyond it they are counted (a wholly broken copy of a dataset
+#: would otherwise print tens of thousands of lines)
+MAX_IMAGE_PROBLEMS = 200
 
 
 @dataclass
@@ -103,7 +106,8 @@ def check_dataset(name: str, root: str | Path, *, all_images: bool = False) -> D
         bad = _check_images(data, counts, all_images)
         report.problems += [f"{split}: {b}" for b in bad[:MAX_IMAGE_PROBLEMS]]
         if len(bad) > MAX_IMAGE_PROBLEMS:
-            report.problems.append(f"{split}: {len(bad) - MAX_IMAGE_PROBLEMS} more unreadable images")
+            report.problems.append(f"{split}: {len(bad) - MAX_IMAGE_PROBLEMS} more unreadable images "
+                                   f"({len(bad)} in all; the first {MAX_IMAGE_PROBLEMS} are listed)")
     return report
 
 
