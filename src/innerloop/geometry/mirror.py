@@ -76,6 +76,7 @@ from innerloop.geometry.base import Geometry, GeometryConfig, register_geometry
 from innerloop.geometry.blocks import adapted_blocks
 from innerloop.params import safe_key
 from innerloop.rules.base import BuildContext
+from innerloop.rules.kronecker import mode_product
 from innerloop.types import Params
 
 Shape = tuple[int, ...]
@@ -126,8 +127,7 @@ class ModeLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for k, w in enumerate(self.factors):
-            # contract mode k of x with the columns of w; the new mode comes first, move it back
-            x = torch.movedim(torch.tensordot(w, x, dims=([1], [k])), 0, k)
+            x = mode_product(x, w, k)
         return x + self.bias
 
     def extra_repr(self) -> str:
