@@ -17,22 +17,19 @@ import math
 import os
 import re
 import tempfile
-import typing
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from innerloop import registry
 from innerloop.errors import UserError
 from innerloop.experiments import faults
-from innerloop.experiments.config import TrainConfig
 
 #: version of the checkpoint layout (the ``format`` key); files written before it had none and the same layout
 FORMAT = 1
 TEMP_SUFFIX = ".tmp"
-#: execution paths a checkpoint may name (train.execution's values but "auto")
-PATHS = tuple(p for p in typing.get_args(TrainConfig.model_fields["execution"].annotation) if p != "auto")
 
 
 class CheckpointError(UserError):
@@ -168,7 +165,7 @@ LAST = {
     "torch_rng": _byte_tensor,
     "best_score": _number,
     "best_iteration": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= -1,
-    "path": lambda v: v in PATHS,
+    "path": lambda v: isinstance(v, str) and v in registry.names("executor"),  # a registered executor
 }
 BEST = {"iteration": _count, "algorithm": _tensor_dict}
 

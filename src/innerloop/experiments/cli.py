@@ -23,6 +23,7 @@ from innerloop.data.images.check import MAX_IMAGE_PROBLEMS
 from innerloop.errors import UserError
 from innerloop.experiments import distributed
 from innerloop.experiments.config import ConfigError, load
+from innerloop.experiments.plot_cli import add_plot_parser, run_plot
 from innerloop.experiments.run import check_output_dir
 from innerloop.experiments.stop import Stop
 from innerloop.experiments.train import RunInterrupted, TrainingDiverged, evaluate_run, train
@@ -188,23 +189,7 @@ def cmd_report(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_plot(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise ConfigError(f"plot takes no config overrides (got {' '.join(overrides)})")
-    from innerloop.experiments import plot
-
-    if args.figure == "table":
-        out = plot.table_figure(args.table, args.out, kind=args.kind, x=args.x, y=args.y, series=args.series,
-                                paper=args.paper, title=args.title)
-    else:
-        for flag in ("steps", "tasks"):
-            if getattr(args, flag) is not None and getattr(args, flag) < 1:
-                raise ConfigError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-        runs = plot.find_runs(args.runs, args.labels)
-        if args.figure == "trace":
-            out = plot.trace_figure(runs, args.out, groups=args.groups, steps=args.steps, tasks=args.tasks,
-                                    title=args.title)
-        else:
-            out = plot.inner_curves_figure(runs, args.out, steps=args.steps, tasks=args.tasks, logy=not args.linear_y,
-                                           title=args.title)
-    print(f"wrote {out}")
+    print(f"wrote {run_plot(args)}")
     return 0
 
 
@@ -326,50 +311,7 @@ def make_parser() -> argparse.ArgumentParser:
                     "by running its `innerloop plot` command")
     rp.set_defaults(fn=cmd_report)
 
-    pl = sub.add_parser("plot", help="draw PNG figures from runs and results tables",
-                        description="Draw PNG figures (matplotlib) from recorded runs and results tables.")
-    pl_sub = pl.add_subparsers(dest="figure", required=True)
-    runs_help = ("run directories, or directories of runs such as results/<table>/ (rows labelled as in "
-                 "results/<table>.json)")
-    pt = pl_sub.add_parser("trace", help="per-step values a rule reports: ALFA α/β per tensor, MLPLR λ and "
-                           "lr_min-branch share, KFC scale",
-                           description="Plot the per-inner-step trace of each run's test.json (means over test "
-                           "tasks), one panel per quantity and one line per adapted tensor.")
-    pt.add_argument("runs", nargs="+", metavar="RUN_DIR", help=runs_help)
-    pt.add_argument("--groups", nargs="+", metavar="NAME",
-                    help="trace groups to draw, e.g. alpha beta, lr lr_min_branch, scale, support_grad_norm "
-                    "(default: all the rule reports)")
-    pic = pl_sub.add_parser("inner-curves", help="support loss and support-gradient norm per inner update on "
-                            "test tasks, several runs on one axes",
-                            description="Support loss and support-gradient norm after 0, 1, ... inner updates, "
-                            "mean over the test tasks, one line per run (MetaMiDA Fig. 1 style). Without --steps "
-                            "the values come from test.json (the run's evaluation steps); with --steps N the best "
-                            "checkpoint is re-evaluated (test.json is not rewritten).")
-    pic.add_argument("runs", nargs="+", metavar="RUN_DIR", help=runs_help)
-    pic.add_argument("--linear-y", action="store_true", help="linear y axes (default logarithmic)")
-    for sp in (pt, pic):
-        sp.add_argument("--steps", type=int, metavar="N",
-                        help="re-evaluate each run's best checkpoint for curves to N inner updates (N + 1 inner "
-                        "steps, the last one's support loss and gradient being the values after N updates)"
-                        if sp is pic else "re-evaluate each run's best checkpoint with N inner steps")
-        sp.add_argument("--tasks", type=int, help="test tasks for the re-evaluation (default: eval.tasks)")
-        sp.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run")
-    ptab = pl_sub.add_parser("table", help="a metric against a numeric row attribute from results/<table>.json",
-                             description="Plot a results table written by `innerloop reproduce`: the test "
-                             "metric (mean ± 95% CI) against the rows' x (a table row's optional `x = ...`), one "
-                             "line or bar group per `series`.")
-    ptab.add_argument("table", help="results/<table>.json")
-    ptab.add_argument("--kind", choices=["line", "bar"], default="line",
-                      help="lines with error bars (default), or grouped bars (categories: the x values, or the "
-                      "row labels when no row has one)")
-    ptab.add_argument("--x", default="x", help="numeric row attribute on the x axis (default x)")
-    ptab.add_argument("--y", default="mean", help="row attribute on the y axis (default mean, with its 95%% CI)")
-    ptab.add_argument("--series", default="series", help="row attribute naming the line (default series)")
-    ptab.add_argument("--paper", action="store_true", help="also draw the rows' paper figures")
-    for sp in (pt, pic, ptab):
-        sp.add_argument("--out", required=True, metavar="FIG.png", help="output PNG file")
-        sp.add_argument("--title", help="figure title")
-    pl.set_defaults(fn=cmd_plot)
+    add_plot_parser(sub).set_defaults(fn=cmd_plot)
     return p
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import time
 from pathlib import Path
 from typing import Any
 
+from innerloop.errors import UserError
 from innerloop.experiments.config import ConfigError
 from innerloop.experiments.plot import validation_curves_figure
+from innerloop.experiments.plot_cli import draw
 from innerloop.experiments.reproduce import markdown, read_table, resolve_table
 from innerloop.experiments.verdict import MIN_SEEDS, check_claim
 
@@ -49,12 +50,12 @@ def figure_lines(figures: list[Any], out_dir: Path) -> list[str]:
 
 
 def draw_figures(figures: list[Any]) -> None:
-    """Run each figure's ``innerloop plot`` command; a failure names the figure and stops the report."""
-    from innerloop.experiments.cli import main
-
+    """Draw each figure by its ``innerloop plot`` command (run in this process); a failure names the figure."""
     for f in figures:
-        if main(shlex.split(f.command)[1:]) != 0:
-            raise ConfigError(f"figure {f.file} could not be drawn by `{f.command}` (its error is above)")
+        try:
+            draw(f.command)
+        except UserError as e:
+            raise ConfigError(f"figure {f.file} could not be drawn by `{f.command}`: {e}") from None
 
 
 PAPERS = {"alfa": "ALFA", "kfo": "KFO", "mlplr": "MLPLR", "metamida": "MetaMiDA"}

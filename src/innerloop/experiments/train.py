@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from innerloop import registry
 from innerloop.algorithms import EvalOutput, MetaAlgorithm
 from innerloop.data import TaskFamily
 from innerloop.data.prefetch import Prefetcher
@@ -321,7 +322,7 @@ def load_run(run_dir: str | Path, which: str = "best"
         raise ConfigError(f"{out} has no checkpoint ({which}.pt or last.pt)")
     state = _load_weights(algo, f)
     path = state.get("path") or choose_path(algo, cfg.train.execution, next(algo.parameters()).device)
-    if path not in ckpt.PATHS:
+    if not isinstance(path, str) or path not in registry.names("executor"):
         raise ckpt.CheckpointError(f"checkpoint {f} names an unknown execution path {path!r}")
     val = state.get("val", {}).get("mean") if isinstance(state.get("val"), dict) else None
     return cfg, family, algo, path, state["iteration"], val
