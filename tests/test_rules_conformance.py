@@ -178,3 +178,17 @@ def test_a_rule_built_for_other_tensors_is_refused_at_construction_naming_them()
     with pytest.raises(ValueError, match=r"adapted but not in the rule: head\.bias"):
         MAML(model, chain(SGD(0.1), MetaSGD({k: v for k, v in everything.items() if k != "head.bias"}, lr=0.1)),
              loss_fn=torch.nn.functional.mse_loss, metric_fn=torch.nn.functional.mse_loss, inner_steps=1)
+
+
+def test_every_rule_algorithm_and_geometry_class_is_exported_at_the_top_level():
+    import innerloop
+    from innerloop.algorithms import ALGORITHMS
+    from innerloop.geometry import GEOMETRIES
+    from innerloop.rules import BuildContext
+
+    ctx = BuildContext({"w": torch.Size([3, 2]), "b": torch.Size([3])}, 2, DT)
+    classes = {type(spec.build(spec.config(), ctx)) for spec in RULES.values()}
+    classes |= {type(spec.build(spec.config(), ctx)) for spec in GEOMETRIES.values()}
+    classes |= set(ALGORITHMS.values())
+    missing = sorted(c.__name__ for c in classes if getattr(innerloop, c.__name__, None) is not c)
+    assert not missing, f"not exported by innerloop: {missing}"

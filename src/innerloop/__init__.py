@@ -5,15 +5,36 @@ The three independent axes are the update rule (:mod:`innerloop.rules`), the met
 """
 
 from innerloop.algorithms import ALGORITHMS, ANIL, FOMAML, MAML, MetaAlgorithm, RandomInit, inner_loop
-from innerloop.geometry import Euclidean, Geometry
-from innerloop.rules import LSLR, RULES, SGD, Chain, MetaSGD, UpdateRule, chain
+from innerloop.geometry import GEOMETRIES, Euclidean, Geometry
+from innerloop.geometry.mirror import MirrorMap
+from innerloop.rules import (
+    ALFA,
+    L2F,
+    LSLR,
+    MLPLR,
+    RULES,
+    SGD,
+    Chain,
+    KroneckerOptimizer,
+    MetaCurvature,
+    MetaSGD,
+    UpdateRule,
+    chain,
+)
 from innerloop.types import InnerResult, Params, Task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALFA",
     "ALGORITHMS",
     "ANIL",
+    "GEOMETRIES",
+    "KroneckerOptimizer",
+    "L2F",
+    "MLPLR",
+    "MetaCurvature",
+    "MirrorMap",
     "FOMAML",
     "LSLR",
     "MAML",

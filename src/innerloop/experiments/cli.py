@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from innerloop import __version__
+from innerloop import __version__, plugins
 from innerloop.data.images.check import MAX_IMAGE_PROBLEMS
 from innerloop.errors import UserError
 from innerloop.experiments import distributed
@@ -200,6 +200,9 @@ def make_parser() -> argparse.ArgumentParser:
         epilog="Config overrides are section.key=value (or --section.key=value), e.g. rule.lr=0.05.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a plugin module first (its rules, models, datasets ... become valid names in "
+                   "configs); repeatable. Installed packages' 'innerloop.plugins' entry points load anyway")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="meta-train a run from a config file, then test it",
@@ -335,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_stop) if on_main else None
     try:
+        plugins.load_entry_points()
+        plugins.load(args.imports)
         return args.fn(args, rest)
     except UserError as e:
         _say(str(e))

@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from innerloop import registry
+from innerloop import plugins, registry
 from innerloop.errors import UserError
 from innerloop.executors import resolve as resolve_executor
 from innerloop.experiments.components import (  # noqa: F401  (the built-in sections; re-exported)
@@ -135,6 +135,7 @@ class EvalConfig(Strict):
 
 class Config(Strict):
     name: str = "run"
+    plugins: list[str] = []  # modules imported before validation: a user's rules, models, datasets (innerloop.plugins)
     task: TaskConfig = Field(default_factory=SineConfig)
     model: ModelConfig = Field(default_factory=MLPConfig)
     rule: RuleConfigUnion = Field(default_factory=lambda: RULES["sgd"].config())
@@ -237,6 +238,8 @@ def _non_finite(data: Any, path: str, out: list[str]) -> None:
 def validate(data: dict) -> Config:
     """The :class:`Config` of ``data`` (a raw dict, left unchanged), or one ConfigError listing every problem."""
     data = copy.deepcopy(data)  # sections without a name get the default one filled in below
+    if isinstance(data.get("plugins"), list) and all(isinstance(m, str) for m in data["plugins"]):
+        plugins.load(data["plugins"])  # a plugin's names are valid in the rest of the config
     _refresh()
     problems: list[str] = []
     _non_finite(data, "", problems)
