@@ -58,8 +58,11 @@ def build(cfg: Config, family: TaskFamily | None = None) -> tuple[TaskFamily, Me
     model = build_model(cfg, family)
     a = cfg.algorithm
     algo_cls = registry.lookup("algorithm", a.name)
+    head = {"head": a.head} if a.head is not None else {}
     try:
-        names = algo_cls.adapted_names(model)
+        if head and a.name != "anil":
+            raise ValueError(f"algorithm.head names ANIL's adapted head; algorithm {a.name!r} does not take it")
+        names = algo_cls.adapted_names(model, **head)
         if not a.adapt_norm:
             names = without_norm(model, names)
         names = select_adapted(model, names, a.adapt_only, a.freeze)
@@ -87,6 +90,7 @@ def build(cfg: Config, family: TaskFamily | None = None) -> tuple[TaskFamily, Me
             checkpoint=a.checkpoint,
             norm_stats=a.norm_stats,
             vmap_chunk=cfg.train.vmap_chunk,
+            **head,
         )
     except ValueError as e:  # e.g. checkpointing with a rule that cannot run under it
         raise ConfigError(f"config error: {e}") from None

@@ -99,6 +99,8 @@ class AlgorithmConfig(Strict):
     # batch statistics, transductive, the papers' protocol) or "running" (the stored buffers); meta-training always
     # uses batch statistics and never updates the buffers. Our backbones keep no running statistics.
     norm_stats: Literal["batch", "running"] = "batch"
+    # ANIL: the submodule adapted in the inner loop (default: the model's "head", else its last nn.Linear)
+    head: str | None = None
 
 
 class TrainConfig(Strict):

@@ -128,6 +128,9 @@ class Conv4(nn.Module):
     :class:`ConvBlock`.
     """
 
+    #: forward(x) is head(body(x)): ANIL computes the body features once per task
+    feature_split = ("body", "head")
+
     def __init__(
         self,
         in_shape: tuple[int, int, int],

@@ -14,6 +14,9 @@ from torch import Tensor, nn
 class MLP(nn.Module):
     """``in → hidden[0] → … → hidden[-1] → out`` with ReLU between layers (none on the output)."""
 
+    #: forward(x) is head(body(x)): ANIL computes the body features once per task
+    feature_split = ("body", "head")
+
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int):
         super().__init__()
         layers: list[nn.Module] = []
@@ -31,6 +34,9 @@ class MLP(nn.Module):
 class LogisticRegression(nn.Module):
     """A single linear map to one logit (the KFO paper's "LR")."""
 
+    #: forward(x) is head(body(x)): ANIL computes the body features once per task
+    feature_split = ("body", "head")
+
     def __init__(self, in_dim: int, out_dim: int = 1):
         super().__init__()
         self.body = nn.Identity()
@@ -44,6 +50,9 @@ class LinNet(nn.Module):
     """LR preceded by ``layers`` linear hidden layers of ``hidden`` units and no nonlinearity (KFO's
     "LR + LinNet"): the same function class as LR, over-parameterised so MAML can shape its
     adaptation."""
+
+    #: forward(x) is head(body(x)): ANIL computes the body features once per task
+    feature_split = ("body", "head")
 
     def __init__(self, in_dim: int, out_dim: int = 1, hidden: int = 64, layers: int = 3):
         super().__init__()

@@ -38,6 +38,9 @@ class ResBlock(nn.Module):
 
 
 class ResNet12(nn.Module):
+    #: forward(x) is head(body(x)): ANIL computes the body features once per task
+    feature_split = ("body", "head")
+
     def __init__(self, in_shape: tuple[int, int, int], out_dim: int, widths: Sequence[int] = (64, 128, 256, 512),
                  norm: str = "batch"):
         super().__init__()
