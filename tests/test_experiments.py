@@ -45,8 +45,8 @@ def test_a_tilde_override_drops_a_key_so_the_rule_can_change(tmp_path):
     assert cfg.rule.name == "mlplr" and cfg.rule.lr_max == 1.0
     with pytest.raises(ConfigError, match="no key 'rule.nope' to drop"):
         load(cfg_file, ["~rule.nope"])
-    assert main(["train", str(cfg_file), "rule.name=mlplr", "~rule.lr", *TINY, "--out", str(tmp_path / "run"),
-                 "--no-progress"]) == 0
+    assert main(["train", str(cfg_file), "rule.name=mlplr", "~rule.lr", "train.iterations=2", *TINY,
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["rule"]["name"] == "mlplr"
 
 
@@ -199,3 +199,19 @@ def test_divergence_is_one_line_and_clipping_is_applied(tmp_path):
     cfg = load(None, [*TINY, "train.iterations=3", "train.optimizer=sgd", "train.meta_lr=1e6",
                       "train.clip_grad_norm=1e-3"])
     assert math.isfinite(train(cfg, tmp_path / "clipped", progress=False)["mean"])
+
+
+def test_test_tasks_csv_holds_each_test_tasks_values(tmp_path):
+    import csv
+
+    out = tmp_path / "run"
+    (tmp_path / "c.toml").write_text('name = "csv"\n')
+    assert main(["train", str(tmp_path / "c.toml"), "--out", str(out), "--no-progress", "train.iterations=2",
+                 *TINY]) == 0
+    test = json.loads((out / "test.json").read_text())
+    with (out / "test_tasks.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["task"]) for r in rows] == list(range(test["tasks"]))
+    values = [float(r[test["metric"]]) for r in rows]
+    assert math.isclose(sum(values) / len(values), test["mean"], rel_tol=1e-12)
+    assert all(math.isfinite(float(r["query_loss"])) for r in rows)

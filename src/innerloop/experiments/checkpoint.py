@@ -94,6 +94,14 @@ def save_torch(obj: Any, path: str | Path) -> None:
     _atomic(Path(path), lambda f: torch.save(obj, f))
 
 
+def save_csv(header: list[str], rows: list[list[Any]], path: str | Path) -> None:
+    """A CSV file written atomically (``repr`` of floats, so the numbers round-trip exactly)."""
+    def cell(v: Any) -> str:
+        return repr(v) if isinstance(v, float) else str(v)
+    text = "\n".join(",".join(cell(v) for v in row) for row in [header, *rows]) + "\n"
+    _atomic(Path(path), lambda f: f.write(text.encode()))
+
+
 def save_json(obj: Any, path: str | Path) -> None:
     _atomic(Path(path), lambda f: f.write((json_text(obj, indent=2) + "\n").encode()))
 

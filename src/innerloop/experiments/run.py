@@ -33,7 +33,7 @@ from innerloop.experiments.stop import Stop, StopSignals
 #: keys of the config that may change when a run is resumed
 RESUMABLE_CHANGES = {"train.iterations"}
 #: the files a training run writes (``--overwrite`` removes these and nothing else)
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "test.json")
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "test.json", "test_tasks.csv")
 EVAL_GLOB = "eval-*.json"  # results of `innerloop eval`, also part of a run
 
 
@@ -251,8 +251,13 @@ class Run:
             ckpt.save_torch({"format": ckpt.FORMAT, "iteration": iteration, "algorithm": algorithm, "val": val},
                             self.best)
 
-    def write_test(self, res: dict[str, Any]) -> None:
+    def write_test(self, res: dict[str, Any], per_task: dict[str, list[float]] | None = None) -> None:
+        """``test.json`` and, with ``per_task`` (column → one value per test task), ``test_tasks.csv``."""
         if self.main:
+            if per_task:
+                cols = list(per_task)
+                rows = [[i, *(per_task[c][i] for c in cols)] for i in range(len(per_task[cols[0]]))]
+                ckpt.save_csv(["task", *cols], rows, self.out / "test_tasks.csv")
             ckpt.save_json(res, self.test)
             self.log(event="test", **{k: res[k] for k in ("mean", "ci95", "tasks")})
 

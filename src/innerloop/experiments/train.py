@@ -296,11 +296,13 @@ def _final_test(cfg: Config, run: Run, family: TaskFamily, algo: MetaAlgorithm, 
     f = run.best if run.best.exists() else run.last
     state = _load_weights(algo, f)
     test_tasks = family.for_split("test").fixed_tasks(cfg.eval.tasks, cfg.eval.seed)
-    res = summarize(evaluate_tasks(algo, test_tasks, path=path, batch=cfg.eval.batch, fault="test"), family)
+    out = evaluate_tasks(algo, test_tasks, path=path, batch=cfg.eval.batch, fault="test")
+    res = summarize(out, family)
     res.update(name=cfg.name, checkpoint="best", iteration=state["iteration"], val=state.get("val", {}).get("mean"),
                inner_steps=algo.eval_inner_steps, path=path, iterations=run.saved_iteration, train_seconds=seconds,
                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    run.write_test(res)
+    # each test task's value, for paired comparisons between runs on the same fixed tasks
+    run.write_test(res, {family.metric_name: out.metric.double().tolist(), "query_loss": out.loss.double().tolist()})
     return res
 
 
