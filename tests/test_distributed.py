@@ -159,7 +159,7 @@ def test_two_processes_match_one_process_with_resume(two_ranks, tmp_path):
     ta, tb = (json.loads((r / "test.json").read_text()) for r in (one, two))
     assert ta["tasks"] == tb["tasks"] == 7 and tb["mean"] == pytest.approx(ta["mean"], rel=1e-10)
     assert sorted(p.name for p in two.iterdir() if p.name != ".lock") == [
-        "best.pt", "config.json", "last.pt", "metrics.jsonl", "test.json"]
+        "best.pt", "config.json", "last.pt", "metrics.jsonl", "test.json", "test_tasks.csv"]
 
 
 def test_meta_batch_not_divisible_by_world_size(two_ranks):
