@@ -139,3 +139,19 @@ def test_report_draws_each_tables_validation_curves(tmp_path):
     assert main(["report", "--results", str(res), "--out", str(out), "--draw"]) == 0
     assert (tmp_path / "docs" / "figures" / "tiny_curves.png").stat().st_size > 0
     assert "![validation curves of tiny](figures/tiny_curves.png)" in out.read_text()
+
+
+def test_a_figure_without_data_is_named_not_drawn_and_the_report_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fig = "docs/figures/tiny.png"
+    entry = f'[[figure]]\nfile = "{fig}"\ncommand = "innerloop plot table results/tiny.json --out {fig}"\n'
+    (tmp_path / "tiny.toml").write_text(TABLE + entry)
+    Path("results").mkdir()
+    Path("docs/figures").mkdir(parents=True)
+    Path(fig).write_bytes(b"stale")  # an old figure of other rows must not be shown
+    rows = [{"name": n, "label": n, "paper": None, "not_run": True} for n in "abc"]
+    report = {"title": "Tiny", "table": "tiny.toml", "scale": "cpu", "scale_overrides": [], "notes": "", "rows": rows}
+    Path("results/tiny.json").write_text(json.dumps(report))
+    assert main(["report", "--out", "docs/RESULTS.md", "--draw"]) == 0
+    text = Path("docs/RESULTS.md").read_text()
+    assert f"Figure `{fig}` not drawn: " in text and "no row has a result" in text and "![" not in text

@@ -36,11 +36,14 @@ def run_summary(name: str, report: dict[str, Any]) -> str:
             f"all (the rows' train times summed; testing not included). Reproduced by `{command}`.")
 
 
-def figure_lines(figures: list[Any], out_dir: Path) -> list[str]:
+def figure_lines(figures: list[Any], out_dir: Path, failed: dict[str, str] | None = None) -> list[str]:
+    """Each figure embedded, or why it is not (``failed``: file → the reason its command gave)."""
     lines = []
     for f in figures:
         path = Path(f.file)
-        if path.is_file():
+        if failed and f.file in failed:
+            lines += ["", f"Figure `{f.file}` not drawn: {failed[f.file]} (`{f.command}`)."]
+        elif path.is_file():
             rel = os.path.relpath(path.resolve(), out_dir.resolve())
             caption = f"*{f.caption}* " if f.caption else ""
             lines += ["", f"![{f.caption or path.stem}]({rel})", "", f"{caption}Drawn by `{f.command}`."]
@@ -49,13 +52,16 @@ def figure_lines(figures: list[Any], out_dir: Path) -> list[str]:
     return lines
 
 
-def draw_figures(figures: list[Any]) -> None:
-    """Draw each figure by its ``innerloop plot`` command (run in this process); a failure names the figure."""
+def draw_figures(figures: list[Any]) -> dict[str, str]:
+    """Draw each figure by its ``innerloop plot`` command (run in this process). A figure whose data is
+    not there yet (rows not run) is left out with its reason (file → reason); nothing stale is shown."""
+    failed = {}
     for f in figures:
         try:
             draw(f.command)
         except UserError as e:
-            raise ConfigError(f"figure {f.file} could not be drawn by `{f.command}`: {e}") from None
+            failed[f.file] = str(e)
+    return failed
 
 
 PAPERS = {"alfa": "ALFA", "kfo": "KFO", "mlplr": "MLPLR", "metamida": "MetaMiDA"}
@@ -85,9 +91,8 @@ def table_section(name: str, report: dict[str, Any], table_file: Path | None, ou
             verdicts.append(verdict)
             out.append(f"| {c.text} | {verdict} | {detail} |")
     if table is not None and table.figure:
-        if draw:
-            draw_figures(table.figure)
-        out += figure_lines(table.figure, out_dir or Path.cwd())
+        failed = draw_figures(table.figure) if draw else {}
+        out += figure_lines(table.figure, out_dir or Path.cwd(), failed)
     out += curves_lines(name, report, out_dir or Path.cwd(), draw)
     return "\n".join(out) + "\n", verdicts
 
