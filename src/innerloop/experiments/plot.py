@@ -150,9 +150,9 @@ def _save(fig: Figure, out: str | Path) -> Path:
     return out
 
 
-def _title(fig: Figure, title: str | None) -> None:
+def _title(fig: Figure, title: str | None, width: int = 110) -> None:
     if title:
-        fig.suptitle("\n".join(textwrap.wrap(title, 110)))
+        fig.suptitle("\n".join(textwrap.wrap(title, width)))
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -354,5 +354,5 @@ def validation_curves_figure(report: dict[str, Any], out: str | Path, *, title: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     _title(fig, title if title is not None else f"{report.get('title', '')}: validation curves (one line per seed; "
-                                                "dotted: not converged)")
+                                                "dotted: not converged)", width=80)
     return _save(fig, out)
