@@ -399,3 +399,21 @@ def test_cli_subprocess_error_is_one_line_exit_2(tmp_path):
     """The same path through a real process (exit status and stderr as a shell sees them)."""
     r = cli("eval", str(tmp_path / "nothing"), "--tasks", "-5")
     assert r.returncode == 2 and "--tasks must be at least 1" in one_line(r.stderr)
+
+
+def test_resume_accepts_a_run_stored_before_an_option_existed(tmp_path):
+    """A key added to the config since the run started (its default keeps the old behaviour) is no change."""
+    from innerloop.experiments.cli import main as cli
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('name = "old"\n')
+    args = ["train", str(cfg), "train.iterations=2", "train.val_every=2", "train.val_tasks=2", "eval.tasks=2",
+            "--out", str(tmp_path / "run"), "--no-progress"]
+    assert cli(args) == 0
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    del stored["algorithm"]["norm_stats"]  # as written by a version without that option
+    (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
+    assert cli([*args[:2], "train.iterations=4", *args[3:], "--resume"]) == 0
+    stored["algorithm"]["norm_stats"] = "running"  # a real change is still refused
+    (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
+    assert cli([*args[:2], "train.iterations=6", *args[3:], "--resume"]) == 2

@@ -26,7 +26,7 @@ from typing import Any
 
 from innerloop.experiments import checkpoint as ckpt
 from innerloop.experiments import faults
-from innerloop.experiments.config import Config, ConfigError, to_dict
+from innerloop.experiments.config import Config, ConfigError, to_dict, validate
 from innerloop.experiments.lock import LOCK_NAME, RunLock
 from innerloop.experiments.stop import Stop, StopSignals
 
@@ -193,6 +193,10 @@ class Run:
         if not (self.out / "config.json").is_file():
             raise ConfigError(f"nothing to resume in {self.out} (no config.json); start the run without --resume")
         stored = read_run_config(self.out)
+        try:  # an option added since the run started reads as its default, which keeps the old behaviour
+            stored = to_dict(validate(stored))
+        except ConfigError:
+            pass  # compare as stored: the differences are then named below
         changed = [c for c in config_changes(stored, to_dict(self.cfg)) if c[0] not in RESUMABLE_CHANGES]
         if changed:
             diff = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in changed)
