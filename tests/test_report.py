@@ -79,6 +79,35 @@ def test_report_writes_tables_and_claims(tmp_path, capsys):
     assert "### Tiny" in text and "| a beats b | yes |" in text and "| b beats a | no |" in text
     assert "| c beats a | not run |" in text and "| c | not run | | | | 0.3 |" in text
     assert "| other | 1 | 1 | 0 | 0 | 1 | 3 |" in text
+    # the "no" has no why_not in the table file: the report says so and warns
+    assert "- *b beats a*: **not explained yet**" in text
+    assert "table tiny has a \"no\" verdict with no why_not" in capsys.readouterr().err
+
+
+def test_a_no_verdict_shows_the_tables_explanation(tmp_path, capsys):
+    table = TABLE.replace('text = "b beats a"', 'text = "b beats a"\nwhy_not = "b is a stand-in that cannot win here."')
+    (tmp_path / "tiny.toml").write_text(table)
+    res = tmp_path / "results"
+    res.mkdir()
+    report = {"title": "Tiny", "table": str(tmp_path / "tiny.toml"), "scale": "cpu", "scale_overrides": [], "notes": "",
+              "rows": [_row("a", 0.5, 0.05, seeds=[0.49, 0.5, 0.51]), _row("b", 0.8, 0.05, seeds=[0.79, 0.8, 0.81]),
+                       {"name": "c", "label": "c", "paper": 0.3, "not_run": True}]}
+    (res / "tiny.json").write_text(json.dumps(report))
+    out = tmp_path / "RESULTS.md"
+    assert main(["report", "--results", str(res), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "- *b beats a*: b is a stand-in that cannot win here." in text and "not explained" not in text
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_every_no_in_the_committed_results_is_explained():
+    results = Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md"
+    if not results.is_file():
+        pytest.skip("no docs/RESULTS.md in this checkout")
+    text = results.read_text()
+    claims = [line.split(" | ")[0][2:] for line in text.splitlines() if line.startswith("| ") and " | no | " in line]
+    unexplained = [c for c in claims if f"- *{c}*: " not in text]
+    assert not unexplained and "not explained yet" not in text, f"no why_not for: {unexplained}"
 
 
 def test_bad_claims_and_missing_results_are_clear_errors(tmp_path):

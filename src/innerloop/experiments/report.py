@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ def draw_figures(figures: list[Any]) -> dict[str, str]:
 
 
 PAPERS = {"alfa": "ALFA", "kfo": "KFO", "mlplr": "MLPLR", "metamida": "MetaMiDA"}
+# what a "no" without a table's `why_not` shows; `innerloop report` also warns about it
+UNEXPLAINED = "**not explained yet** (the table file gives no `why_not`)"
 VERDICTS = ("yes", "no", "not resolved", "not converged", "not run")
 
 
@@ -86,10 +89,15 @@ def table_section(name: str, report: dict[str, Any], table_file: Path | None, ou
     if claims:
         rows = {r["name"]: r for r in report["rows"]}
         out += ["", "| the paper's claim | reproduced? | ours |", "|---|---|---|"]
+        whys = []
         for c in claims:
             verdict, detail = check_claim(rows, c.better, c.than)
             verdicts.append(verdict)
             out.append(f"| {c.text} | {verdict} | {detail} |")
+            if verdict == "no":
+                whys.append(f"- *{c.text}*: {c.why_not or UNEXPLAINED}")
+        if whys:
+            out += ["", "Why each \"no\":", "", *whys]
     if table is not None and table.figure:
         failed = draw_figures(table.figure) if draw else {}
         out += figure_lines(table.figure, out_dir or Path.cwd(), failed)
@@ -148,6 +156,9 @@ def write_report(names: list[str], results_root: str | Path, out: str | Path, *,
     for name, report, table_file in tables:
         text, verdicts = table_section(name, report, table_file, path.parent, draw)
         sections.append(text)
+        if UNEXPLAINED in text:
+            print(f"innerloop report: warning: table {name} has a \"no\" verdict with no why_not in its table file",
+                  file=sys.stderr)
         c = counts.setdefault(paper_of(name, report.get("title", "")), {})
         for v in verdicts:
             c[v] = c.get(v, 0) + 1

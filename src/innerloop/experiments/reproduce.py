@@ -83,6 +83,9 @@ class Claim(BaseModel):
     text: str  # e.g. "ALFA+MAML beats MAML (K=5)"
     better: str  # the row claimed to be better
     than: str  # the row it is claimed to beat
+    # One sentence on why the claim does not hold here, shown under a "no" verdict: our
+    # implementation, the CPU scale or a dataset substitute, or the paper's own numbers.
+    why_not: str = ""
 
 
 class Figure(BaseModel):

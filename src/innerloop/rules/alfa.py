@@ -31,10 +31,12 @@ exact derivative checks use ``detach_grad_input=False``.
 **L2F** (``l2f=True``, Baik et al., CVPR 2020, as shipped with ALFA): before the first step the
 initialisation is attenuated per task, ``θ0_l ← γ_l θ0_l`` with
 ``γ = sigmoid(MLP([mean(g_1) … mean(g_N)]))`` and ``g`` the support gradient at ``θ0``. The MLP
-is ``N→N→N`` with a ReLU between (the released attenuator's shape). Its first layer keeps
-PyTorch's default init; the last layer's weight is PyTorch's default init scaled by 0.1 and its
-bias is ``logit(l2f_gamma_init)`` (0.99), so ``γ`` starts within about 1e-3 of 0.99 for moderate
-gradient means while every weight of the MLP gets a meta-gradient from the first meta-step. The
+is ``N→N→N`` with a ReLU between. By default (``l2f_gamma_init=None``) both layers keep
+PyTorch's default init, as in the released code (baiksung/ALFA ``few_shot_learning_system.py``):
+``γ`` then starts near ``sigmoid(last bias)``, about 0.5 give or take the init's spread, so the
+first meta-steps see θ0 roughly halved. ``l2f_gamma_init=c`` (our earlier default, 0.99) instead
+scales the last layer's weight by 0.1 and sets its bias to ``logit(c)``: ``γ`` starts within
+about 1e-3 of ``c`` and every weight still gets a meta-gradient from the first meta-step. The
 gradient means enter the MLP in the graph (second order under MAML, as the released code);
 ``l2f_detach_grad_input=True`` detaches them.
 
@@ -79,10 +81,14 @@ def grad_means(grads: Params, names: list[str], detach: bool) -> Tensor:
     return torch.stack([(grads[k].detach() if detach else grads[k]).mean() for k in names])
 
 
-def attenuator(n: int, gamma_init: float, dtype: torch.dtype) -> nn.Sequential:
-    """L2F's ``N→N→N`` MLP; its last layer's weight is PyTorch's init × 0.1 and its bias
-    ``logit(gamma_init)``, so ``γ`` starts near ``gamma_init`` and every weight gets a meta-gradient."""
+def attenuator(n: int, gamma_init: float | None, dtype: torch.dtype) -> nn.Sequential:
+    """L2F's ``N→N→N`` MLP: PyTorch's init as released (``gamma_init=None``), or with its last
+    layer's weight × 0.1 and bias ``logit(gamma_init)``, so that ``γ`` starts near ``gamma_init``."""
     mlp = _mlp([n, n, n], dtype)
+    if gamma_init is None:
+        return mlp
+    if not 0.0 < gamma_init < 1.0:
+        raise ValueError(f"the L2F gamma init must lie in (0, 1), got {gamma_init}")
     with torch.no_grad():
         mlp[-1].weight.mul_(0.1)
         mlp[-1].bias.fill_(math.log(gamma_init / (1.0 - gamma_init)))
@@ -103,7 +109,7 @@ class ALFA(UpdateRule):
         weight_decay: float = 5e-4,
         random_init_weight_decay: float = 5e-6,
         l2f: bool = False,
-        l2f_gamma_init: float = 0.99,
+        l2f_gamma_init: float | None = None,
         l2f_detach_grad_input: bool = False,
         state_input: str = "both",
         dtype: torch.dtype | None = None,
@@ -149,8 +155,6 @@ class ALFA(UpdateRule):
         self.adjusts_init = bool(l2f)
         self.l2f_detach_grad_input = bool(l2f_detach_grad_input)
         if l2f:
-            if not 0.0 < l2f_gamma_init < 1.0:
-                raise ValueError(f"l2f_gamma_init must lie in (0, 1), got {l2f_gamma_init}")
             self.attenuator = attenuator(n, l2f_gamma_init, dtype)
         else:
             self.attenuator = None
@@ -222,7 +226,7 @@ class ALFAConfig(RuleConfig):
     #: initial value of the per-element decay B of the random-init variant
     random_init_weight_decay: NonNegativeFloat = 5e-6
     l2f: bool = False
-    l2f_gamma_init: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+    l2f_gamma_init: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None  # None: PyTorch's init, as released
     l2f_detach_grad_input: bool = False
     #: what the generator sees (ALFA Table 5): layer means of the weights and gradients, or one of them
     state_input: Literal["both", "weights", "gradients"] = "both"

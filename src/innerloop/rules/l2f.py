@@ -3,7 +3,8 @@ initialisation — ALFA Tables 1 and 2's "MAML + L2F" rows, i.e. ALFA's ``l2f`` 
 
 Before the first step ``θ0_l ← γ_l θ0_l`` with ``γ = sigmoid(MLP([mean(g_1) … mean(g_N)]))`` and
 ``g`` the support gradient at ``θ0`` (the attenuator of :class:`~innerloop.rules.alfa.ALFA`, same shape
-and initialisation: ``γ`` starts near ``gamma_init``); then ``θ ← θ − lr · g`` for every step.
+and initialisation: PyTorch's as released, or ``γ`` near ``gamma_init`` when given); then
+``θ ← θ − lr · g`` for every step.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from innerloop.types import Params
 
 
 class L2F(UpdateRule):
-    def __init__(self, names: list[str], lr: float, *, gamma_init: float = 0.99, detach_grad_input: bool = False,
+    def __init__(self, names: list[str], lr: float, *, gamma_init: float | None = None, detach_grad_input: bool = False,
                  dtype: torch.dtype | None = None):
         super().__init__()
         if not names:
@@ -43,11 +44,11 @@ class L2F(UpdateRule):
 class L2FConfig(RuleConfig):
     name: Literal["l2f"] = "l2f"
     lr: PositiveFloat = 0.01
-    gamma_init: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+    gamma_init: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None  # None: PyTorch's init, as released
     detach_grad_input: bool = False
 
 
-# γ ≈ gamma_init < 1 scales θ0 before the first step, so no setting gives plain SGD
+# γ < 1 scales θ0 before the first step, so no setting gives plain SGD
 @register_rule("l2f", L2FConfig, sgd_equivalent=None)
 def _build(cfg: L2FConfig, ctx: BuildContext) -> L2F:
     return L2F(list(ctx.shapes), cfg.lr, gamma_init=cfg.gamma_init, detach_grad_input=cfg.detach_grad_input,
