@@ -412,3 +412,14 @@ def test_kfo_parameters_follow_the_model_dtype(name):
     rule = RULES[name].build(RULES[name].config(), BuildContext(SHAPES, 2, torch.float32))
     assert all(p.dtype == torch.float32 for p in rule.parameters())
     assert math.isclose(rule.lr, 0.01)
+
+
+@pytest.mark.parametrize("b,n,m", [(1, 5, 784), (64, 3, 9), (1, 40, 2), (7, 6, 6)])
+def test_psd_sandwich_is_the_gram_products_in_either_order(b, n, m):
+    """The cheaper order per side (R then Rᵀ when m ≥ b·n, the Gram matrix otherwise) is the same map."""
+    from innerloop.rules.kronecker import gram, psd_sandwich
+
+    gen = torch.Generator().manual_seed(b * 1000 + n * 10 + m)
+    left, right = (torch.randn(d, d, generator=gen, dtype=torch.float64) for d in (n, m))
+    g = torch.randn(b, n, m, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(psd_sandwich(left, g, right), gram(left) @ g @ gram(right), rtol=1e-10, atol=1e-9)

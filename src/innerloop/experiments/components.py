@@ -19,6 +19,7 @@ config error.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -166,8 +167,8 @@ class LogRegConfig(Strict):
 
 class LinNetConfig(Strict):
     name: Literal["linnet"] = "linnet"
-    hidden: PositiveInt = 64
-    layers: PositiveInt = 3
+    hidden: PositiveInt | list[PositiveInt] = 64  # one width for every layer, or each layer's width
+    layers: PositiveInt = 3  # used when hidden is one width
 
 
 class Conv4Config(Strict):
@@ -194,11 +195,10 @@ def image_shape(name: str, family: TaskFamily) -> tuple[int, int, int]:
     return tuple(family.input_shape)
 
 
-def vector_size(name: str, family: TaskFamily) -> int:
-    if len(family.input_shape) != 1:
-        raise ValueError(f"model {name!r} takes vectors; the task family gives inputs of shape "
-                         f"{family.input_shape} (use model.name = \"conv4\")")
-    return family.input_shape[0]
+def vector_size(name: str, family: TaskFamily) -> tuple[int, bool]:
+    """The input size of a model that takes vectors, and whether it flattens images to get them."""
+    size = math.prod(family.input_shape)
+    return size, len(family.input_shape) != 1
 
 
 @register_model("conv4", Conv4Config)
@@ -213,14 +213,17 @@ def build_resnet12(m: ResNet12Config, family: TaskFamily) -> nn.Module:
 
 @register_model("mlp", MLPConfig)
 def build_mlp(m: MLPConfig, family: TaskFamily) -> nn.Module:
-    return MLP(vector_size(m.name, family), m.hidden, family.output_dim)
+    size, flatten = vector_size(m.name, family)
+    return MLP(size, m.hidden, family.output_dim, flatten)
 
 
 @register_model("logreg", LogRegConfig)
 def build_logreg(m: LogRegConfig, family: TaskFamily) -> nn.Module:
-    return LogisticRegression(vector_size(m.name, family), family.output_dim)
+    size, flatten = vector_size(m.name, family)
+    return LogisticRegression(size, family.output_dim, flatten)
 
 
 @register_model("linnet", LinNetConfig)
 def build_linnet(m: LinNetConfig, family: TaskFamily) -> nn.Module:
-    return LinNet(vector_size(m.name, family), family.output_dim, m.hidden, m.layers)
+    size, flatten = vector_size(m.name, family)
+    return LinNet(size, family.output_dim, m.hidden, m.layers, flatten)

@@ -17,9 +17,9 @@ class MLP(nn.Module):
     #: forward(x) is head(body(x)): ANIL computes the body features once per task
     feature_split = ("body", "head")
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int):
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, flatten: bool = False):
         super().__init__()
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.Flatten()] if flatten else []
         d = in_dim
         for h in hidden:
             layers += [nn.Linear(d, h), nn.ReLU()]
@@ -32,18 +32,19 @@ class MLP(nn.Module):
 
 
 class LogisticRegression(nn.Module):
-    """A single linear map to one logit (the KFO paper's "LR")."""
+    """A single linear map to the logits (the KFO paper's "LR"); ``flatten`` takes images as vectors
+    (KFO's Omniglot LR, 784 → 5)."""
 
     #: forward(x) is head(body(x)): ANIL computes the body features once per task
     feature_split = ("body", "head")
 
-    def __init__(self, in_dim: int, out_dim: int = 1):
+    def __init__(self, in_dim: int, out_dim: int = 1, flatten: bool = False):
         super().__init__()
-        self.body = nn.Identity()
+        self.body = nn.Flatten() if flatten else nn.Identity()
         self.head = nn.Linear(in_dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(x)
+        return self.head(self.body(x))
 
 
 class LinNet(nn.Module):
@@ -54,10 +55,14 @@ class LinNet(nn.Module):
     #: forward(x) is head(body(x)): ANIL computes the body features once per task
     feature_split = ("body", "head")
 
-    def __init__(self, in_dim: int, out_dim: int = 1, hidden: int = 64, layers: int = 3):
+    def __init__(self, in_dim: int, out_dim: int = 1, hidden: int | Sequence[int] = 64, layers: int = 3,
+                 flatten: bool = False):
         super().__init__()
-        dims = [in_dim] + [hidden] * layers
-        self.body = nn.Sequential(*(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)))
+        # KFO's Omniglot LinNet has widths 256-128-64-64; the synthetic one ``layers`` × 64
+        widths = [hidden] * layers if isinstance(hidden, int) else list(hidden)
+        dims = [in_dim, *widths]
+        linears = [nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+        self.body = nn.Sequential(*([nn.Flatten()] if flatten else []), *linears)
         self.head = nn.Linear(dims[-1], out_dim)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -66,7 +66,7 @@ from torch import Tensor, nn
 
 from innerloop.params import per_tensor_parameters, safe_key
 from innerloop.rules.base import BuildContext, RuleConfig, UpdateRule, register_rule
-from innerloop.rules.kronecker import gram, kron_sandwich, matrix_dims
+from innerloop.rules.kronecker import kron_sandwich, matrix_dims, psd_sandwich
 
 Xi = dict[str, dict[str, Tensor]]  # adapted tensor name -> {"L0", "R0", ..., ["s"]}
 
@@ -151,9 +151,7 @@ class KroneckerOptimizer(UpdateRule):
             if i:
                 x = torch.relu(x)
             left, right = xi[f"L{i}"], xi[f"R{i}"]
-            if self.psd:
-                left, right = gram(left), gram(right)
-            x = kron_sandwich(left, x, right)
+            x = psd_sandwich(left, x, right) if self.psd else kron_sandwich(left, x, right)
         u = x.reshape(g.shape)
         if self.normalize:
             u = norm * u
