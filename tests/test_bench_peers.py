@@ -3,6 +3,8 @@ are optional: their parts are skipped when they are not installed)."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -88,8 +90,8 @@ def test_float64_meta_gradients_agree_tightly_and_the_default_dtype_is_restored(
 
 @pytest.mark.parametrize("lib", list(PEERS))
 def test_a_missing_peer_is_reported_not_installed(lib, monkeypatch):
-    real = peers.importlib.util.find_spec
-    monkeypatch.setattr(peers.importlib.util, "find_spec", lambda name, *a: None if name == PEERS[lib][0]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == PEERS[lib][0]
                         else real(name, *a))
     assert not installed(lib)
     assert _case(lib, "1shot-fo")["status"] == "not installed"

@@ -13,6 +13,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from innerloop.executors import Distributed, Loop, resolve
+from innerloop.executors import distributed as collectives
 from innerloop.experiments import checkpoint as ckpt
 from innerloop.experiments import distributed
 from innerloop.experiments.config import ConfigError, load
@@ -79,6 +81,8 @@ def _launch(world: int, argv: list[str], logs: Path, timeout: float = 120) -> li
 WORKER = r"""
 import contextlib, io, json, sys
 import torch
+from innerloop.executors import Loop
+from innerloop.executors import distributed as c
 from innerloop.experiments import distributed as d
 from innerloop.experiments.cli import main
 
@@ -95,20 +99,25 @@ def cli(name, *argv):
 cli("first", "--out", root + "/two", *small, "train.iterations=2")
 cli("resume", "--out", root + "/two", *small, "train.iterations=4", "--resume")
 cli("indivisible", "--out", root + "/bad", *small, "train.meta_batch=3", "train.iterations=2")
+cli("vmap", "--out", root + "/vmap", *small, "train.iterations=2", 'train.execution="vmap"')
+
+# what train() runs under the launch: the configured executor inside Distributed
+ex = d.executor_for(Loop())
+report["executor"] = [type(ex).__name__, type(ex.inner).__name__, d.executor_for(ex) is ex]
 
 # the helpers on their own
-r = d.rank()
+r = c.rank()
 a = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
 b = torch.nn.Parameter(torch.zeros(2))  # float32: its own buffer
-c = torch.nn.Parameter(torch.zeros(1))  # no gradient on any rank
+z = torch.nn.Parameter(torch.zeros(1))  # no gradient on any rank
 a.grad = torch.full((3,), 2.0 + 4 * r, dtype=torch.float64)
 if r == 1:
     b.grad = torch.tensor([4.0, 8.0])
-d.all_reduce_grads([a, b, c])
-lo, hi = d.shard(5)
-report["helpers"] = {"a": a.grad.tolist(), "b": b.grad.tolist(), "c": c.grad is None,
-                     "stats": d.mean_stats({"loss": float(r)}, torch.device("cpu")),
-                     "gathered": torch.cat(d.gather_list([torch.arange(lo, hi)])).tolist(), "main": d.is_main()}
+c.all_reduce_grads([a, b, z])
+lo, hi = c.shard(5)
+report["helpers"] = {"a": a.grad.tolist(), "b": b.grad.tolist(), "c": z.grad is None,
+                     "stats": c.mean_stats({"loss": float(r)}, torch.device("cpu")),
+                     "gathered": torch.cat(c.gather_list([torch.arange(lo, hi)])).tolist(), "main": d.is_main()}
 print(json.dumps(report))
 """
 
@@ -162,11 +171,45 @@ def test_two_processes_match_one_process_with_resume(two_ranks, tmp_path):
         "best.pt", "config.json", "last.pt", "metrics.jsonl", "test.json", "test_tasks.csv"]
 
 
+def _numbers(run: Path) -> list[dict]:
+    """metrics.jsonl without wall-clock time and the executor's name."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "path")} for r in _rows(run)]
+
+
+def test_two_ranks_run_the_configured_executor_inside_distributed(two_ranks, tmp_path):
+    """Under the launch train() runs ``train.execution`` (here vmap) through the Distributed executor,
+    and 2 ranks log what 1 process logs on the same tasks (float64)."""
+    root, reports = two_ranks
+    for rep in reports:
+        assert rep["executor"] == ["Distributed", "Loop", True]
+        assert rep["vmap"][0] == 0, rep["vmap"][2]
+    one = tmp_path / "vmap"
+    train(load(CONFIG, [*SMALL, "train.iterations=2", 'train.execution="vmap"']), one, progress=False)
+    ra, rb = _rows(one), _rows(root / "vmap")
+    assert ra[0]["path"] == rb[0]["path"] == "vmap"
+    assert len(ra) == len(rb)  # one writer: a second rank writing would repeat rows
+    for x, y in zip(ra, rb, strict=True):
+        assert sorted(x) == sorted(y)
+        for k in ("loss", "metric", "val", "val_ci95", "mean", "ci95"):
+            if k in x:
+                assert y[k] == pytest.approx(x[k], rel=1e-10), (k, x, y)
+
+
+def test_distributed_by_name_is_its_inner_executor_in_one_process(tmp_path):
+    ex = resolve("distributed", chunk=3)
+    assert isinstance(ex, Distributed) and isinstance(ex.inner, Loop)
+    assert isinstance(distributed.executor_for(Loop()), Loop)  # one process: nothing wrapped
+    for name in ("loop", "distributed"):
+        train(load(CONFIG, [*SMALL, "train.iterations=2", f'train.execution="{name}"']), tmp_path / name,
+              progress=False)
+    assert _numbers(tmp_path / "loop") == _numbers(tmp_path / "distributed")  # bit for bit
+
+
 def test_meta_batch_not_divisible_by_world_size(two_ranks):
     with pytest.raises(ConfigError, match=r"train\.meta_batch=6 is not divisible by the world size 4"):
         distributed.check_meta_batch(6, world=4)
     batch = Task(*(torch.arange(12.0).reshape(6, 2) + i for i in range(4)))
-    parts = [distributed.split_batch(batch, r, 3) for r in range(3)]
+    parts = [collectives.split_batch(batch, r, 3) for r in range(3)]
     assert all(p.num_tasks == 2 for p in parts)
     for i, t in enumerate(batch):
         assert torch.equal(torch.cat([p[i] for p in parts]), t)
@@ -192,13 +235,14 @@ def test_gradient_all_reduce_and_gather(two_ranks):
 
 DYING_PEER = r"""
 import os, torch
+from innerloop.executors import distributed as c
 from innerloop.experiments import distributed as d
 d.EXIT_TIMEOUT = 2.0
 d.init("cpu")
 a = torch.nn.Parameter(torch.zeros(3))
 a.grad = torch.ones(3)
-d.all_reduce_grads([a])
-if d.rank() == 1:
+c.all_reduce_grads([a])
+if c.rank() == 1:
     os._exit(0)  # leaves without meeting its peer at exit
 print("done")
 """

@@ -10,12 +10,11 @@ import torch.distributed as dist
 
 from helpers import grads_of, make
 from innerloop import registry
-from innerloop.executors import Executor, Loop, Threads, Vmap, resolve
-from innerloop.experiments.distributed import Distributed
+from innerloop.executors import Distributed, Executor, Loop, Threads, Vmap, resolve
 
 
 def test_names_resolve_through_the_registry():
-    assert {"loop", "threads", "vmap"} <= set(registry.names("executor"))
+    assert {"distributed", "loop", "threads", "vmap"} <= set(registry.names("executor"))
     assert isinstance(resolve("loop", chunk=3), Loop)  # options an executor does not take are not its business
     v = resolve("vmap", chunk=3)
     assert isinstance(v, Vmap) and v.chunk == 3
@@ -81,8 +80,7 @@ sys.path.insert(0, sys.argv[1])
 import torch.distributed as dist
 from helpers import grads_of, make
 from innerloop.experiments import distributed as d
-from innerloop.experiments.distributed import Distributed
-from innerloop.executors import Threads
+from innerloop.executors import Distributed, Threads
 
 d.init("cpu")
 torch.set_num_threads(2)

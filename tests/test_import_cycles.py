@@ -67,3 +67,45 @@ def test_no_import_cycle():
     assert "innerloop.executors.base" in graph and "innerloop.registry" in graph["innerloop.executors.base"]
     cycle = _cycle(graph)
     assert cycle is None, " -> ".join(cycle)
+
+
+#: Optional heavy dependencies (the peers benchmark's): imported inside the function that needs
+#: them, so that innerloop imports without them.
+OPTIONAL = {"learn2learn", "higher", "torchopt"}
+#: Function-level imports kept for now, (file under src/innerloop, module) -> why. An entry that no
+#: longer matches fails too, so the list only shrinks.
+ALLOWED = {
+    ("experiments/cli.py", "os"): "cli.py is being reworked by another developer",
+    ("experiments/cli.py", "innerloop.data.images.check"): "cli.py is being reworked by another developer",
+    ("experiments/cli.py", "innerloop.experiments.reproduce"): "cli.py is being reworked by another developer",
+    ("experiments/cli.py", "innerloop.experiments.upper_bound"): "cli.py is being reworked by another developer",
+    ("experiments/cli.py", "innerloop.experiments.report"): "cli.py is being reworked by another developer",
+    ("data/images/base.py", "inspect"): "the data loaders are another developer's (no cycle: movable)",
+    ("data/images/_common.py", "innerloop.data.images.base"): "the data loaders are another developer's "
+                                                               "(_common already imports base: movable)",
+}
+
+
+def _function_level_imports() -> set[tuple[str, str]]:
+    """``(file, module)`` of every import statement inside a function body."""
+    found = set()
+    pkg = SRC / "innerloop"
+    for p in pkg.rglob("*.py"):
+        for fn in ast.walk(ast.parse(p.read_text())):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    found |= {(p.relative_to(pkg).as_posix(), a.name) for a in node.names}
+                elif isinstance(node, ast.ImportFrom):
+                    found.add((p.relative_to(pkg).as_posix(), "." * node.level + (node.module or "")))
+    return found
+
+
+def test_function_level_imports_only_for_optional_dependencies():
+    found = _function_level_imports()
+    new = sorted((f, m) for f, m in found if m.split(".")[0] not in OPTIONAL and (f, m) not in ALLOWED)
+    assert not new, ("function-level imports; move them to the top of the module (if that makes an import "
+                     f"cycle, move code to break it): {new}")
+    stale = sorted(set(ALLOWED) - found)
+    assert not stale, f"allowed function-level imports that are gone; drop them from ALLOWED: {stale}"

@@ -111,7 +111,7 @@ def test_every_no_in_the_committed_results_is_explained():
 
 
 def test_bad_claims_and_missing_results_are_clear_errors(tmp_path):
-    from innerloop.experiments.reproduce import read_table
+    from innerloop.experiments.tables import read_table
 
     (tmp_path / "bad.toml").write_text(TABLE.replace('than = "b"', 'than = "zz"'))
     with pytest.raises(ConfigError, match="unknown row"):
@@ -142,7 +142,7 @@ def test_report_lists_rows_run_and_draws_figures(tmp_path, monkeypatch):
 
 
 def test_figure_commands_must_be_plot_commands_writing_the_file(tmp_path):
-    from innerloop.experiments.reproduce import read_table
+    from innerloop.experiments.tables import read_table
 
     (tmp_path / "t.toml").write_text(TABLE + '[[figure]]\nfile = "a.png"\ncommand = "innerloop train x --out a.png"\n')
     with pytest.raises(ConfigError, match="must be `innerloop plot"):

@@ -8,7 +8,8 @@ import pytest
 
 from innerloop.experiments.cli import main
 from innerloop.experiments.config import ConfigError
-from innerloop.experiments.reproduce import read_table, reproduce, shown_path
+from innerloop.experiments.reproduce import reproduce, shown_path
+from innerloop.experiments.tables import read_table
 
 TABLE = """
 title = "tiny"

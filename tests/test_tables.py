@@ -18,7 +18,8 @@ from innerloop.algorithms.select import name_prefixes, select_adapted
 from innerloop.experiments.build import build, build_family
 from innerloop.experiments.cli import main
 from innerloop.experiments.config import ConfigError, load
-from innerloop.experiments.reproduce import read_table, reproduce, resolve_table, row_config
+from innerloop.experiments.reproduce import reproduce
+from innerloop.experiments.tables import read_table, resolve_table, row_config
 from innerloop.types import Task
 from test_reproduce import BASE
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from innerloop.executors.grads import ValueAndGrad, autograd_value_and_grad, func_value_and_grad
 from innerloop.geometry import Geometry
@@ -91,9 +93,6 @@ def inner_loop(
 def _checkpointed(one_step, step: int, gstate, rstate, fo: bool):
     """``one_step`` under non-reentrant activation checkpointing: its saved activations are dropped
     and recomputed when the backward pass reaches them."""
-    from torch.utils._pytree import tree_flatten, tree_unflatten
-    from torch.utils.checkpoint import checkpoint
-
     leaves, spec = tree_flatten((gstate, rstate))
     is_t = [isinstance(v, Tensor) for v in leaves]
     tensors = [v for v, t in zip(leaves, is_t, strict=True) if t]
@@ -107,5 +106,5 @@ def _checkpointed(one_step, step: int, gstate, rstate, fo: bool):
         out_spec.append(sp)
         return tuple(flat)
 
-    flat = checkpoint(fn, *tensors, use_reentrant=False)
+    flat = torch.utils.checkpoint.checkpoint(fn, *tensors, use_reentrant=False)
     return tree_unflatten(list(flat), out_spec[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import resource
 import statistics
 import subprocess
@@ -143,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(rows: list[dict], argv: list[str]) -> str:
     """The measured rows as Markdown tables, one per workload, with the command that made them."""
-    import platform
-
     cmd = " ".join(["python -m innerloop.bench", *argv])
     out = [
         "## Meta-step benchmark",

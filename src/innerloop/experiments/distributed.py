@@ -11,7 +11,11 @@ data parallelism over the tasks of a meta-batch:
 * evaluation splits the fixed tasks across ranks and gathers the per-task results in task order;
 * rank 0 alone writes files and prints.
 
-Outside a launch (``WORLD_SIZE`` unset or 1) every helper is a no-op for one process.
+The split of the tasks and the averaging over ranks are the :class:`~innerloop.executors.Distributed`
+executor's (:mod:`innerloop.executors.distributed`); :func:`executor_for` wraps the run's executor
+in it. This module owns the process group: the launch environment, its start and teardown, and
+which rank writes. Outside a launch (``WORLD_SIZE`` unset or 1) every helper is a no-op for one
+process.
 """
 
 from __future__ import annotations
@@ -19,16 +23,15 @@ from __future__ import annotations
 import atexit
 import os
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
 
-from innerloop.executors import Executor, TaskFn, resolve
+from innerloop.executors import Distributed, Executor
+from innerloop.executors.distributed import is_distributed, world_size
+from innerloop.experiments.build import resolve_device
 from innerloop.experiments.config import ConfigError
-from innerloop.types import Task
 
 LAUNCH = "torchrun --nproc-per-node N -m innerloop train CONFIG"
 
@@ -47,19 +50,6 @@ def _env_int(name: str, default: int) -> int:
 def launched() -> bool:
     """Whether the environment describes a multi-process launch (``WORLD_SIZE`` > 1)."""
     return _env_int("WORLD_SIZE", 1) > 1
-
-
-def is_distributed() -> bool:
-    """Whether a process group with more than one rank is initialised."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
 
 
 def is_main() -> bool:
@@ -113,8 +103,6 @@ def init(device: str) -> bool:
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
     if missing:
         raise ConfigError(f"WORLD_SIZE={n} but {', '.join(missing)} not set; launch with {LAUNCH}")
-    from innerloop.experiments.build import resolve_device
-
     dev = resolve_device(device)
     if dev.type != "cpu":
         _use_local_device(dev)
@@ -154,60 +142,6 @@ def check_meta_batch(meta_batch: int, world: int | None = None) -> None:
                           f"use a multiple of {world} or start another number of processes")
 
 
-def split_batch(batch: Task, rank_: int | None = None, world: int | None = None) -> Task:
-    """This rank's contiguous slice of the meta-batch (the whole batch for one process)."""
-    r = rank() if rank_ is None else rank_
-    w = world_size() if world is None else world
-    check_meta_batch(batch.num_tasks, w)
-    k = batch.num_tasks // w
-    return batch if w == 1 else Task(*(t[r * k : (r + 1) * k] for t in batch))
-
-
-def all_reduce_grads(params: list[Tensor]) -> None:
-    """Make every rank's ``.grad`` the mean of the ranks' gradients.
-
-    Each rank's :meth:`MetaAlgorithm.meta_backward` averages over its ``meta_batch / world_size``
-    tasks, so the mean over ranks is the single-process mean over the whole meta-batch. A
-    parameter without a gradient on some ranks counts as zero there; one without a gradient on
-    every rank keeps ``grad = None`` (the optimizer skips it, as in a single process). One
-    all-reduce per (device, dtype), with a has-gradient flag per parameter in the same buffer.
-    """
-    if not is_distributed() or not params:
-        return
-    w = world_size()
-    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for p in params:
-        groups.setdefault((p.device, p.dtype), []).append(p)
-    for (device, dtype), ps in groups.items():
-        flat = torch.cat(
-            [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device, dtype=dtype)
-             for p in ps]
-            + [torch.tensor([float(p.grad is not None) for p in ps], device=device, dtype=dtype)]
-        )
-        dist.all_reduce(flat)
-        has_grad = flat[-len(ps):].tolist()
-        offset = 0
-        for p, flag in zip(ps, has_grad, strict=True):
-            g = flat[offset : offset + p.numel()].view_as(p).div_(w)
-            offset += p.numel()
-            if flag < 0.5:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.copy_(g)
-            else:
-                p.grad = g.clone()
-
-
-def mean_stats(stats: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Mean of each scalar over ranks (every rank has the same number of tasks)."""
-    if not is_distributed():
-        return stats
-    keys = sorted(stats)
-    t = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(keys, (t / world_size()).tolist(), strict=True))
-
-
 def broadcast_module(module: nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every rank (they are built identically from
     ``train.seed``; this guards against non-deterministic initialisation)."""
@@ -219,60 +153,9 @@ def broadcast_module(module: nn.Module) -> None:
                 dist.broadcast(t, src=0)
 
 
-# ---- evaluation ---------------------------------------------------------------------------------
-def shard(n: int) -> tuple[int, int]:
-    """This rank's contiguous share ``[lo, hi)`` of ``n`` items (sizes differ by at most one)."""
-    r, w = rank(), world_size()
-    return n * r // w, n * (r + 1) // w
-
-
-def gather_list(items: list[Any]) -> list[Any]:
-    """Every rank's ``items`` concatenated in rank order; tensors come back on the CPU."""
-    if not is_distributed():
-        return items
-    local = tree_map(lambda x: x.detach().cpu() if isinstance(x, Tensor) else x, items)
-    parts: list[Any] = [None] * world_size()
-    dist.all_gather_object(parts, local)
-    return [x for part in parts for x in part]
-
-
-# ---- the executor -----------------------------------------------------------------------------
-
-
-class Distributed(Executor):
-    """torchrun's data parallelism as an executor around another one (``inner``, default the loop).
-
-    ``meta_backward``: this rank's contiguous slice of the meta-batch through ``inner``, then the
-    gradients and the statistics are averaged over ranks (so ``.grad`` is the single-process mean
-    over the whole meta-batch). ``map`` / ``evaluate``: this rank's share of the tasks, gathered
-    in task order on every rank (on the CPU). With one process it is ``inner`` exactly.
-
-    Not registered under a name: it wraps another executor, and ``train()`` still splits the
-    meta-batch itself (using it there replaces the split / all-reduce / mean-stats lines).
-    """
-
-    name = "distributed"
-
-    def __init__(self, inner: Executor | str = "loop", chunk: int | None = None):
-        self.inner = resolve(inner, chunk=chunk)
-        self.supports_checkpoint = self.inner.supports_checkpoint
-        self.exact_native_norms = self.inner.exact_native_norms
-
-    def meta_backward(self, fn: TaskFn, state: Any, batch: Task, metas: list[Tensor]) -> dict[str, float]:
-        stats = self.inner.meta_backward(fn, state, split_batch(batch), metas)
-        all_reduce_grads(metas)
-        return mean_stats(stats, metas[0].device if metas else torch.device("cpu"))
-
-    def map(self, fn: TaskFn, state: Any, batch: Task) -> Any:
-        lo, hi = shard(batch.num_tasks)
-        mine = [self.inner.map(fn, state, Task(*(t[lo:hi] for t in batch)))] if hi > lo else []
-        parts = gather_list(mine)
-        return tree_map(lambda *xs: torch.cat(xs), *parts)
-
-    def evaluate(self, fn: TaskFn, state: Any, batch: Task) -> Any:
-        with torch.no_grad():
-            return self.map(fn, state, batch)
-
-    def __repr__(self) -> str:
-        return f"Distributed(inner={self.inner!r})"
-
+def executor_for(executor: Executor) -> Executor:
+    """The executor a run uses: ``executor`` itself in one process; under a launch with more than one
+    rank, :class:`~innerloop.executors.Distributed` around it (unless it is one already)."""
+    if is_distributed() and not isinstance(executor, Distributed):
+        return Distributed(executor)
+    return executor

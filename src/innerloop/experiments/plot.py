@@ -29,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from innerloop.errors import UserError
+from innerloop.experiments.train import evaluate_run
 
 #: titles of the trace groups (the part of a trace key before the tensor name)
 GROUP_TITLES = {
@@ -114,8 +115,6 @@ def _stored(run: Run) -> dict[str, Any]:
 
 def reevaluate(run: Run, steps: int, tasks: int | None = None, why: str = "") -> dict[str, Any]:
     """Test ``run``'s best checkpoint with ``steps`` inner steps (``test.json`` is not written)."""
-    from innerloop.experiments.train import evaluate_run
-
     if (run.test or {}).get("kind") == "upper_bound":
         raise UserError(f"{run.path} is an upper-bound row (no inner loop to re-evaluate)")
     try:

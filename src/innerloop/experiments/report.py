@@ -19,7 +19,8 @@ from innerloop.errors import UserError
 from innerloop.experiments.config import ConfigError
 from innerloop.experiments.plot import validation_curves_figure
 from innerloop.experiments.plot_cli import draw
-from innerloop.experiments.reproduce import markdown, read_table, resolve_table
+from innerloop.experiments.reproduce import markdown
+from innerloop.experiments.tables import read_table, resolve_table
 from innerloop.experiments.verdict import MIN_SEEDS, check_claim
 
 

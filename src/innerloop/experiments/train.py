@@ -59,17 +59,18 @@ def evaluate_tasks(
 ) -> EvalOutput:
     """Evaluate ``algo`` on every task of ``tasks`` (``batch`` tasks at a time).
 
-    In a multi-process run each rank evaluates its contiguous share of the tasks and every rank
-    gets all results, in task order (on the CPU)."""
+    In a multi-process run the executor is :class:`~innerloop.executors.Distributed`: each rank
+    evaluates ``batch`` tasks of every ``batch × ranks``, and every rank gets all results, in task
+    order (on the CPU)."""
     dev = next(algo.parameters()).device
     dtype = next(algo.parameters()).dtype
-    lo, hi = distributed.shard(tasks.num_tasks)
+    ex = distributed.executor_for(algo.executor(path))
+    step = batch * distributed.world_size()
     outs = []
-    for i in range(lo, hi, batch):
-        chunk = Task(*(_cast(t[i : min(i + batch, hi)], dev, dtype) for t in tasks))
-        outs.append(algo.evaluate(chunk, path, steps))
+    for i in range(0, tasks.num_tasks, step):
+        chunk = Task(*(_cast(t[i : i + step], dev, dtype) for t in tasks))
+        outs.append(algo.evaluate(chunk, ex, steps))
         faults.point(fault)
-    outs = distributed.gather_list(outs)
     return EvalOutput(
         torch.cat([o.loss for o in outs]),
         torch.cat([o.metric for o in outs]),
@@ -210,6 +211,7 @@ def _meta_train(cfg: Config, run: Run, progress: bool, stop_at: int | None
         seconds_before = float(state.get("train_seconds", 0.0))
     else:
         run.log(event="start", path=path, meta_parameters=sum(p.numel() for p in params))
+    executor = distributed.executor_for(algo.executor(path))  # under torchrun: Distributed around it
     distributed.broadcast_module(algo)
     gen_state = gen.get_state()  # the generator after the batches of the iterations done, as last.pt keeps it
     t0 = time.perf_counter()
@@ -241,11 +243,9 @@ def _meta_train(cfg: Config, run: Run, progress: bool, stop_at: int | None
     try:
         while it < tc.iterations:
             with run.stops.deferred():  # a signal now is acted on once this iteration is complete
-                batch = distributed.split_batch(feed.next())  # this rank's tasks (all of them for one process)
-                batch = Task(*(_cast(t, device, dtype) for t in batch))
+                batch = Task(*(_cast(t, device, dtype) for t in feed.next()))
                 algo.zero_grad(set_to_none=True)
-                stats = distributed.mean_stats(algo.meta_backward(batch, path), device)
-                distributed.all_reduce_grads(params)
+                stats = algo.meta_backward(batch, executor)
                 faults.point("meta_step")
                 if not all(math.isfinite(v) for v in stats.values()):
                     raise TrainingDiverged(

@@ -34,7 +34,7 @@ from innerloop.errors import UserError
 from innerloop.experiments import checkpoint as ckpt
 from innerloop.experiments.build import build
 from innerloop.experiments.config import Config, ConfigError, to_dict
-from innerloop.experiments.train import mean_ci
+from innerloop.experiments.train import load_run, mean_ci
 from innerloop.types import Task
 
 
@@ -65,8 +65,6 @@ def _initial_params(cfg: Config, model: torch.nn.Module, init: str | Path | None
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     if init is None:
         return params
-    from innerloop.experiments.train import load_run
-
     _, _, algo, _, _, _ = load_run(init)
     learned = dict(algo.model.named_parameters())
     if learned.keys() != params.keys() or any(learned[k].shape != params[k].shape for k in params):

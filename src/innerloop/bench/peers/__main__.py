@@ -1,0 +1,5 @@
+import sys
+
+from innerloop.bench.peers.cli import main
+
+sys.exit(main())
