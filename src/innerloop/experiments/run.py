@@ -15,9 +15,9 @@ open (:mod:`~innerloop.experiments.stop`), and is the only writer of the run's f
 * ``test.json`` — the final test, from ``best.pt``.
 
 A resume continues from ``last.pt`` and first cuts ``metrics.jsonl`` back to it (rows of iterations
-after the checkpoint, a test event, a half-written last line), and the other sinks with it, so that an interrupted and resumed
-run leaves the same files as an uninterrupted one. Temporary files of writers that were killed
-mid-write are removed when the directory is claimed.
+after the checkpoint, a test event, a half-written last line), and the other sinks with it, so that
+an interrupted and resumed run leaves the same files as an uninterrupted one. Temporary files of
+writers that were killed mid-write are removed when the directory is claimed.
 """
 
 from __future__ import annotations
