@@ -4,6 +4,7 @@ and both sinks cut back to the checkpoint on a resume like metrics.jsonl."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import sys
@@ -17,6 +18,8 @@ from run_helpers import cli as run_cli
 from run_helpers import one_line, tiny, write_config
 
 BOTH = 'train.log=["jsonl", "csv", "tensorboard"]'
+# the optional extra innerloop[tensorboard]; `make test` installs it, so CI runs these
+needs_tb = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed")
 
 
 def _rows(out):
@@ -82,6 +85,7 @@ def test_jsonl_is_the_default_and_only_sink(tmp_path):
     assert not (out / "metrics.csv").exists() and not (out / "tensorboard").exists()
 
 
+@needs_tb
 def test_killed_run_resumes_with_csv_and_tensorboard_cut_back(tmp_path):
     ref = tmp_path / "ref"
     train(tiny(BOTH), ref, progress=False)
@@ -110,6 +114,7 @@ def test_killed_run_resumes_with_csv_and_tensorboard_cut_back(tmp_path):
     assert [s for s, _ in _scalars(out, "test/metric")] == [8]
 
 
+@needs_tb
 def test_sink_added_on_resume_gets_the_earlier_rows(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Exception, match="stopped at iteration 4"):
@@ -119,6 +124,7 @@ def test_sink_added_on_resume_gets_the_earlier_rows(tmp_path):
     assert [s for s, _ in _scalars(out, "train/loss")] == list(range(1, 9))
 
 
+@needs_tb
 def test_overwrite_removes_the_sinks(tmp_path):
     out = tmp_path / "run"
     train(tiny(BOTH), out, progress=False)
