@@ -230,8 +230,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="meta-train a run from a config file, then test it",
-                       usage="innerloop train [-h] [--out OUT] [--resume | --overwrite] [--no-progress] config "
-                       "[section.key=value ...]",
+                       usage="innerloop train [-h] [--out OUT] [--resume | --overwrite] [--no-progress] [--quiet] "
+                       "[--device DEVICE] config [section.key=value ...]",
                        description="Meta-train from CONFIG (TOML or JSON) plus overrides; validate, "
                        "checkpoint and finally test on fixed tasks. One process writes a run directory at a "
                        "time. Ctrl-C (SIGINT) or SIGTERM finishes the current iteration, saves last.pt and exits "
