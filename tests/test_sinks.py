@@ -13,7 +13,7 @@ import pytest
 
 from innerloop.experiments import cli
 from innerloop.experiments.sinks import CSV_COLUMNS
-from innerloop.experiments.train import train
+from innerloop.experiments.train import RunInterrupted, train
 from run_helpers import cli as run_cli
 from run_helpers import one_line, tiny, write_config
 
@@ -56,7 +56,7 @@ def test_every_row_has_the_run_clock(tmp_path):
 
 def test_clock_continues_across_a_resume(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(Exception, match="stopped at iteration 4"):
+    with pytest.raises(RunInterrupted, match="stopped at iteration 4"):
         train(tiny(), out, progress=False, stop_at=4)
     before = max(r["seconds"] for r in _rows(out))
     train(tiny(), out, resume=True, progress=False)
@@ -117,7 +117,7 @@ def test_killed_run_resumes_with_csv_and_tensorboard_cut_back(tmp_path):
 @needs_tb
 def test_sink_added_on_resume_gets_the_earlier_rows(tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(Exception, match="stopped at iteration 4"):
+    with pytest.raises(RunInterrupted, match="stopped at iteration 4"):
         train(tiny(), out, progress=False, stop_at=4)
     train(tiny(BOTH), out, resume=True, progress=False)  # train.log may change on resume
     assert [int(line[0]) for line in _csv(out)[1:] if line[CSV_COLUMNS.index("loss")]] == list(range(1, 9))
