@@ -12,8 +12,15 @@ import torch
 
 from innerloop.experiments import cli
 from innerloop.experiments.config import load, to_dict, validate
-from run_helpers import cli as run_cli
 from run_helpers import one_line, write_config
+
+
+def run_cli(*args: str, capsys) -> tuple[int, str, str]:
+    """``innerloop ARGS`` in this process: (status, stdout, stderr)."""
+    capsys.readouterr()
+    status = cli.main(list(args))
+    out = capsys.readouterr()
+    return status, out.out, out.err
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
@@ -40,22 +47,22 @@ def test_config_json_is_what_train_stores(capsys, tmp_path):
     assert tomllib.loads(capsys.readouterr().out)["algorithm"]["name"] == "maml"
 
 
-def test_config_bad_key_is_one_line_exit_2(tmp_path):
-    r = run_cli("config", str(write_config(tmp_path / "tiny.toml")), "rule.lrr=0.1")
-    assert r.returncode == 2 and r.stdout == ""
-    assert "unknown key 'rule.lrr'" in one_line(r.stderr)
+def test_config_bad_key_is_one_line_exit_2(tmp_path, capsys):
+    status, out, err = run_cli("config", str(write_config(tmp_path / "tiny.toml")), "rule.lrr=0.1", capsys=capsys)
+    assert status == 2 and out == ""
+    assert "unknown key 'rule.lrr'" in one_line(err)
 
 
-def test_quiet_train_and_eval_print_nothing(tmp_path):
+def test_quiet_train_and_eval_print_nothing(tmp_path, capsys):
     cfg_file = write_config(tmp_path / "tiny.toml")
     out = tmp_path / "run"
-    loud = run_cli("train", str(cfg_file), "--out", str(tmp_path / "loud"), "--no-progress", "train.iterations=2")
-    assert loud.returncode == 0 and "run directory" in loud.stdout
-    r = run_cli("train", str(cfg_file), "--out", str(out), "--quiet", "train.iterations=2")
-    assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
+    status, loud, _ = run_cli("train", str(cfg_file), "--out", str(tmp_path / "loud"), "train.iterations=2",
+                              capsys=capsys)
+    assert status == 0 and "run directory" in loud
+    assert run_cli("train", str(cfg_file), "--out", str(out), "--quiet", "train.iterations=2",
+                   capsys=capsys) == (0, "", "")  # no progress bar (stderr), no table
     assert (out / "test.json").is_file()
-    r = run_cli("eval", str(out), "--tasks", "3", "-q")
-    assert r.returncode == 0 and r.stdout == "" and r.stderr == ""
+    assert run_cli("eval", str(out), "--tasks", "3", "-q", capsys=capsys) == (0, "", "")
     assert (out / "eval-best-steps1-tasks3.json").is_file()
 
 
@@ -74,15 +81,17 @@ def test_device_flag_sets_train_device(tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 @pytest.mark.parametrize("command", ["train", "eval", "reproduce"])
-def test_device_cuda_without_cuda_is_one_line_exit_2(command, tmp_path):
+def test_device_cuda_without_cuda_is_one_line_exit_2(command, tmp_path, capsys):
     target = {"train": str(write_config(tmp_path / "tiny.toml")), "eval": str(tmp_path),
               "reproduce": "sine_rules"}[command]
-    r = run_cli(command, target, "--device", "cuda", *(["--out", str(tmp_path / "o")] if command != "eval" else []))
-    assert r.returncode == 2
-    assert "--device is 'cuda' but CUDA is not available" in one_line(r.stderr)
+    status, out, err = run_cli(command, target, "--device", "cuda",
+                               *(["--out", str(tmp_path / "o")] if command != "eval" else []), capsys=capsys)
+    assert status == 2 and out == ""
+    assert "--device is 'cuda' but CUDA is not available" in one_line(err)
     assert not (tmp_path / "o").exists()
 
 
-def test_bad_device_name_is_one_line_exit_2(tmp_path):
-    r = run_cli("train", str(write_config(tmp_path / "tiny.toml")), "--device", "gpu0", "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "--device: not a device name: 'gpu0'" in one_line(r.stderr)
+def test_bad_device_name_is_one_line_exit_2(tmp_path, capsys):
+    status, _, err = run_cli("train", str(write_config(tmp_path / "tiny.toml")), "--device", "gpu0", "--out",
+                             str(tmp_path / "o"), capsys=capsys)
+    assert status == 2 and "--device: not a device name: 'gpu0'" in one_line(err)

@@ -9,10 +9,27 @@ import pytest
 
 from innerloop.data.episodes import FewShotImages
 from innerloop.data.images import load_split
+from innerloop.experiments.cli import main
 from innerloop.experiments.config import load
 from innerloop.experiments.train import load_run, train
-from run_helpers import cli, one_line
+from run_helpers import one_line
 from test_image_loaders import drawing, make_cub, write_toml
+
+
+class Result:
+    def __init__(self, status: int, out: str, err: str):
+        self.returncode, self.stdout, self.stderr = status, out, err
+
+
+@pytest.fixture
+def cli(capsys):
+    """``innerloop ARGS`` in this process (no interpreter start-up per call)."""
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        status = main(list(args))
+        got = capsys.readouterr()
+        return Result(status, got.out, got.err)
+    return run
 
 GLYPHS = ["name=g", "task.name=images", "task.dataset=glyphs", "task.n_way=5", "task.k_shot=1", "task.query=2",
           "task.options={instances=3}", "model.name=conv4", "model.channels=8", "algorithm.name=fomaml",
@@ -40,7 +57,7 @@ def omniglot_root(base, chars: int = 7, drawings: int = 3):
     return names, split
 
 
-def test_eval_on_another_dataset_writes_its_own_file(run, tmp_path):
+def test_eval_on_another_dataset_writes_its_own_file(run, tmp_path, cli):
     names, split = omniglot_root(tmp_path / "data")
     test_before = (run / "test.json").read_bytes()
     r = cli("eval", str(run), "--dataset", "omniglot", "--root", str(tmp_path / "data"), "--split-file", str(split),
@@ -67,7 +84,7 @@ def test_eval_on_another_dataset_writes_its_own_file(run, tmp_path):
     (["--dataset", "omniglot", "--root", "/nowhere/at/all"], "does not exist"),
     (["--dataset", "cifar_fs", "--root", "DATA"], "cifar_fs not found"),
 ])
-def test_eval_dataset_errors_are_one_line_exit_2(run, tmp_path, args, message):
+def test_eval_dataset_errors_are_one_line_exit_2(run, tmp_path, args, message, cli):
     (tmp_path / "data").mkdir()
     before = sorted(run.glob("eval-*.json"))
     r = cli("eval", str(run), *[a.replace("DATA", str(tmp_path / "data")) for a in args])
@@ -76,7 +93,7 @@ def test_eval_dataset_errors_are_one_line_exit_2(run, tmp_path, args, message):
     assert sorted(run.glob("eval-*.json")) == before
 
 
-def test_eval_dataset_on_a_sine_run_is_refused(tmp_path):
+def test_eval_dataset_on_a_sine_run_is_refused(tmp_path, cli):
     out = tmp_path / "sine"
     train(load(None, ["train.iterations=1", "eval.tasks=2", "train.val_tasks=2", "model.hidden=[4]"]), out,
           progress=False)
@@ -84,7 +101,7 @@ def test_eval_dataset_on_a_sine_run_is_refused(tmp_path):
     assert r.returncode == 2 and "needs a run on image tasks" in one_line(r.stderr)
 
 
-def test_model_that_cannot_take_the_images_is_one_line(run, tmp_path):
+def test_model_that_cannot_take_the_images_is_one_line(run, tmp_path, cli):
     names = make_cub(tmp_path / "data", n_classes=7)  # 3×84×84 colour images; the run's model takes 1×28×28
     split = write_toml(tmp_path / "split.toml", train=names[:1], val=names[1:2], test=names[2:])
     before = sorted(run.glob("eval-*.json"))

@@ -142,7 +142,7 @@ def test_tensorboard_missing_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "run").exists()  # refused before any work
 
 
-def test_unknown_sink_is_a_config_error(tmp_path):
-    r = run_cli("train", str(write_config(tmp_path / "tiny.toml")), "--out", str(tmp_path / "run"),
-                "train.log=['parquet']")
-    assert r.returncode == 2 and "train.log" in one_line(r.stderr)
+def test_unknown_sink_is_a_config_error(tmp_path, capsys):
+    status = cli.main(["train", str(write_config(tmp_path / "tiny.toml")), "--out", str(tmp_path / "run"),
+                       "train.log=['parquet']"])
+    assert status == 2 and "train.log" in one_line(capsys.readouterr().err)

@@ -246,7 +246,7 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default: runs/<name>)")
     how = t.add_mutually_exclusive_group()
     how.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt (only "
-                     "train.iterations may change, and not below what is done)")
+                     "train.iterations, train.device and train.log may change; iterations not below what is done)")
     how.add_argument("--overwrite", action="store_true", help="start again in --out, deleting the run there "
                      "(without it, a fresh run needs an empty or new --out)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
