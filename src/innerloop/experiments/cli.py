@@ -238,7 +238,10 @@ def make_parser() -> argparse.ArgumentParser:
                        "130 / 143; --resume then continues exactly as if uninterrupted.",
                        epilog="Overrides are section.key=value with TOML values, e.g. rule.name=meta_sgd "
                        "model.hidden=[80,80,80] train.iterations=5000. Sections: task, model, rule, "
-                       "algorithm, train, eval. Rules: " + ", ".join(sorted(RULES)) + ". Several processes: "
+                       "algorithm, train, eval. Rules: " + ", ".join(sorted(RULES)) + ". Metric sinks besides "
+                       "metrics.jsonl: 'train.log=[\"csv\", \"tensorboard\"]' (metrics.csv, tensorboard/; "
+                       "see docs/runs.md). `innerloop config CONFIG ...` prints the resolved config. "
+                       "Several processes: "
                        "torchrun --nproc-per-node N -m innerloop train CONFIG ... splits each meta-batch "
                        "(train.meta_batch must be a multiple of N) and validation/test tasks across them; "
                        "rank 0 writes the run directory.")
