@@ -12,7 +12,7 @@ $(BIN)/python:
 # torch first, pinned to the CPU wheel: a looser spec would pull a multi-GB CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,tensorboard,examples]"
 	touch $(STAMP)
 
 demo: $(STAMP)

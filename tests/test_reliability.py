@@ -331,7 +331,8 @@ def test_jsonl_and_json_stay_valid_with_non_finite_values(tmp_path):
         run.log(iteration=1, val=math.nan, val_ci95=math.inf, best_iteration=1)
         run.write_test({"mean": -math.inf, "ci95": 0.5, "tasks": 3, "trace": {"lr": [1.0, math.nan]}})
     row = strict((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-2])
-    assert row == {"iteration": 1, "val": None, "val_ci95": None, "best_iteration": 1, "nonfinite": ["val", "val_ci95"]}
+    assert row == {"iteration": 1, "val": None, "val_ci95": None, "best_iteration": 1, "seconds": 0.0,
+                   "nonfinite": ["val", "val_ci95"]}  # no training clock running: seconds 0
     test = strict((tmp_path / "r" / "test.json").read_text())
     assert test["mean"] is None and test["trace"]["lr"] == [1.0, None] and test["nonfinite"] == ["mean", "trace.lr.1"]
 

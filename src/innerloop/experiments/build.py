@@ -38,13 +38,19 @@ def build_model(cfg: Config, family: TaskFamily) -> nn.Module:
         raise ConfigError(f"{e} (task {cfg.task.name!r})") from None
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, what: str = "train.device") -> torch.device:
+    """The torch device ``name`` names (``auto``: CUDA when available, else the CPU), or one ConfigError
+    (``what`` names the setting in it) for a bad name or a CUDA device on a machine without CUDA."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device: not a device name: {name!r}") from None
+        raise ConfigError(f"{what}: not a device name: {name!r} (cpu, cuda, cuda:N, auto, ...)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but CUDA is not available on this machine")
+        raise ConfigError(f"{what} is {name!r} but CUDA is not available on this machine (use cpu or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{what} is {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 

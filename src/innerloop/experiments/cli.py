@@ -1,4 +1,4 @@
-"""Command line: ``innerloop train | eval | reproduce | report | upper-bound | plot | demo | data``.
+"""Command line: ``innerloop train | eval | config | reproduce | report | upper-bound | plot | demo | data``.
 
 Every failure is one line on stderr, never a traceback, with the exit status saying what kind:
 2 for the user's input (usage, config, paths, data, checkpoints), 1 at run time (training diverged,
@@ -54,15 +54,26 @@ COLUMNS = [("run", "run"), ("metric", "metric"), ("mean ± 95% CI", "value"), ("
            ("inner steps", "steps"), ("checkpoint iter", "iteration")]
 
 
+def _device_overrides(args: argparse.Namespace) -> list[str]:
+    """``--device X`` as the override ``train.device=X`` (checked first, so a missing CUDA is one line)."""
+    if getattr(args, "device", None) is None:
+        return []
+    from innerloop.experiments.build import resolve_device
+
+    resolve_device(args.device, "--device")
+    return [f"train.device={json.dumps(args.device)}"]
+
+
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    cfg = load(args.config, overrides)
+    cfg = load(args.config, [*overrides, *_device_overrides(args)])
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     try:
-        res = train(cfg, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        res = train(cfg, out, resume=args.resume, overwrite=args.overwrite,
+                    progress=not (args.no_progress or args.quiet))
     except RunInterrupted as e:
         _say(str(e))
         return e.status
-    if not distributed.is_main():  # under torchrun only rank 0 prints the result
+    if not distributed.is_main() or args.quiet:  # under torchrun only rank 0 prints the result
         return 0
     print(format_table([result_row(cfg.name, res)], COLUMNS))
     print(f"run directory: {out}")
@@ -72,7 +83,11 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise ConfigError(f"eval takes no config overrides (got {' '.join(overrides)})")
-    res = evaluate_run(args.run_dir, tasks=args.tasks, steps=args.steps, which=args.checkpoint, write=not args.no_write)
+    _device_overrides(args)  # checked here: one line naming the flag
+    res = evaluate_run(args.run_dir, tasks=args.tasks, steps=args.steps, which=args.checkpoint, write=not args.no_write,
+                       device=args.device, dataset=args.dataset, root=args.root, split_file=args.split_file)
+    if args.quiet:
+        return 0
     print(format_table([result_row(res["name"], res)], COLUMNS))
     if "file" in res:
         print(f"wrote {res['file']}")
@@ -86,9 +101,18 @@ def cmd_reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    device = _device_overrides(args)
     report = reproduce(args.table, scale=args.scale, out_root=args.out, jobs=args.jobs, only=args.rows,
-                       restart_stale=args.restart_stale, smoke=args.smoke, collect=args.collect)
-    print(markdown(report))
+                       restart_stale=args.restart_stale, smoke=args.smoke, collect=args.collect, run_overrides=device)
+    if not args.quiet:
+        print(markdown(report))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, overrides: list[str]) -> int:
+    from innerloop.experiments.show_config import config_text
+
+    print(config_text(load(args.config, overrides), as_json=args.json), end="")
     return 0
 
 
@@ -206,15 +230,18 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="meta-train a run from a config file, then test it",
-                       usage="innerloop train [-h] [--out OUT] [--resume | --overwrite] [--no-progress] config "
-                       "[section.key=value ...]",
+                       usage="innerloop train [-h] [--out OUT] [--resume | --overwrite] [--no-progress] [--quiet] "
+                       "[--device DEVICE] config [section.key=value ...]",
                        description="Meta-train from CONFIG (TOML or JSON) plus overrides; validate, "
                        "checkpoint and finally test on fixed tasks. One process writes a run directory at a "
                        "time. Ctrl-C (SIGINT) or SIGTERM finishes the current iteration, saves last.pt and exits "
                        "130 / 143; --resume then continues exactly as if uninterrupted.",
                        epilog="Overrides are section.key=value with TOML values, e.g. rule.name=meta_sgd "
                        "model.hidden=[80,80,80] train.iterations=5000. Sections: task, model, rule, "
-                       "algorithm, train, eval. Rules: " + ", ".join(sorted(RULES)) + ". Several processes: "
+                       "algorithm, train, eval. Rules: " + ", ".join(sorted(RULES)) + ". Metric sinks besides "
+                       "metrics.jsonl: 'train.log=[\"csv\", \"tensorboard\"]' (metrics.csv, tensorboard/; "
+                       "see docs/runs.md). `innerloop config CONFIG ...` prints the resolved config. "
+                       "Several processes: "
                        "torchrun --nproc-per-node N -m innerloop train CONFIG ... splits each meta-batch "
                        "(train.meta_batch must be a multiple of N) and validation/test tasks across them; "
                        "rank 0 writes the run directory.")
@@ -222,21 +249,42 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default: runs/<name>)")
     how = t.add_mutually_exclusive_group()
     how.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt (only "
-                     "train.iterations may change, and not below what is done)")
+                     "train.iterations, train.device and train.log may change; iterations not below what is done)")
     how.add_argument("--overwrite", action="store_true", help="start again in --out, deleting the run there "
                      "(without it, a fresh run needs an empty or new --out)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors (no progress bar, no "
+                   "result table)")
+    t.add_argument("--device", help="where to train: cpu, cuda, cuda:N, auto (cuda when available); sets "
+                   "train.device")
     t.set_defaults(fn=cmd_train)
+
+    c = sub.add_parser("config", help="print the resolved config (file + overrides, validated, with every default)",
+                       usage="innerloop config [-h] [--json] [config] [section.key=value ...]",
+                       description="Validate CONFIG plus overrides as train would and print the full config, "
+                       "every default filled in, as TOML (or JSON): what train would store in config.json. Keys "
+                       "whose value is unset (null) are listed in a comment, since TOML has no null. An unknown "
+                       "key or a wrong value is one line, exit 2.")
+    c.add_argument("config", nargs="?", help="config file (.toml or .json); none: the defaults")
+    c.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    c.set_defaults(fn=cmd_config)
 
     e = sub.add_parser("eval", help="test a run directory on fixed tasks",
                        description="Rebuild a run from RUN_DIR/config.json and test its best checkpoint. The "
-                       "result goes to RUN_DIR/eval-CHECKPOINT-stepsS-tasksN.json (test.json is train's and "
-                       "is never touched).")
+                       "result goes to RUN_DIR/eval-CHECKPOINT-stepsS-tasksN.json, or with --dataset to "
+                       "RUN_DIR/eval-DATASET-CHECKPOINT-stepsS-tasksN.json (test.json is train's and is never "
+                       "touched).")
     e.add_argument("run_dir")
     e.add_argument("--tasks", type=int, help="number of test tasks, at least 1 (default: eval.tasks of the run)")
     e.add_argument("--steps", type=int, help="inner steps, at least 1 (default: algorithm.eval_inner_steps)")
     e.add_argument("--checkpoint", choices=["best", "last"], default="best")
     e.add_argument("--no-write", action="store_true", help="only print the result")
+    e.add_argument("--dataset", help="test on this image dataset instead of the run's (cross-domain), e.g. cub; "
+                   "its test split, with the run's way, shot and query")
+    e.add_argument("--root", help="the data root of --dataset (default: $INNERLOOP_DATA, else ./data)")
+    e.add_argument("--split-file", help="class split file (TOML) of --dataset")
+    e.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    e.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the run's train.device)")
     e.set_defaults(fn=cmd_eval)
 
     r = sub.add_parser("reproduce", help="run every row of a table file and write a results report",
@@ -256,6 +304,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--restart-stale", action="store_true", help="runs whose stored config differs from the "
                    "table's (other than more iterations, which resumes them) are renamed *.staleN and run again; "
                    "without it such runs stop the command before anything runs")
+    r.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors (no report on stdout)")
+    r.add_argument("--device", help="where every run trains: cpu, cuda, cuda:N, auto (sets train.device; not "
+                   "part of what makes a run stale)")
     r.set_defaults(fn=cmd_reproduce)
 
     d = sub.add_parser("demo", help="train on the embedded data (sine, glyphs) and print test results",

@@ -125,8 +125,11 @@ class TrainConfig(Strict):
     seed: int = 0
     execution: Annotated[str, AfterValidator(_registered("executor", ("auto",)))] = "auto"  # or an executor's name
     vmap_chunk: PositiveInt | None = None  # vmap path: meta-train this many tasks at a time (memory knob)
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda, cuda:N, ... or auto (cuda when available, else cpu)
     dtype: Literal["float32", "float64"] = "float32"
+    # metric sinks: metrics.jsonl ("jsonl") is always written; "csv" adds metrics.csv, "tensorboard" adds
+    # tensorboard/ (the optional extra innerloop[tensorboard]); see experiments/sinks.py
+    log: list[Literal["jsonl", "csv", "tensorboard"]] = ["jsonl"]
 
 
 class EvalConfig(Strict):

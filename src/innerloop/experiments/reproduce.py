@@ -63,6 +63,8 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
 
 
 EXTENDABLE = {"train.iterations"}  # a finished run may be resumed to more iterations
+#: where a run trains and what it logs: `reproduce --device` and such never make a run stale
+HOW_RUN = {"train.device", "train.log"}
 
 
 def run_state(table_path: Path, table: Table, row: Row, scale: str, seed: int | None, run_dir: Path
@@ -78,7 +80,7 @@ def run_state(table_path: Path, table: Table, row: Row, scale: str, seed: int | 
         stored = json.loads(stored_path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return "stale", ["config.json (unreadable)"]
-    keys = config_diff(stored, expected)
+    keys = [k for k in config_diff(stored, expected) if k not in HOW_RUN]
     if [k for k in keys if k not in EXTENDABLE]:
         return "stale", keys
     done = (run_dir / "test.json").exists()
@@ -134,8 +136,9 @@ def run_result(run_dir: Path, seed: int | None) -> dict[str, Any]:
 
 
 def run_one(table_path: Path, table: Table, row: Row, scale: str, out: Path, seed: int | None, run_dir: Path,
-            threads: int | None = None) -> dict[str, Any]:
-    """Train (or resume, or extend) one seed of a row; its result, or ``failed`` with the log."""
+            threads: int | None = None, run_overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train (or resume, or extend) one seed of a row; its result, or ``failed`` with the log.
+    ``run_overrides`` (only keys of :data:`HOW_RUN`, e.g. ``train.device=cuda``) come last."""
     state, _ = run_state(table_path, table, row, scale, seed, run_dir)
     if state == "done":
         return {**run_result(run_dir, seed), "skipped": True}
@@ -144,7 +147,7 @@ def run_one(table_path: Path, table: Table, row: Row, scale: str, out: Path, see
         iters = json.loads(test.read_text()).get("iterations")
         test.rename(run_dir / f"test-{iters}-iterations.json")
     base = row_base(table_path, table, row)
-    overrides = [*row_overrides(table, row, scale), *_seed_overrides(seed)]
+    overrides = [*row_overrides(table, row, scale), *_seed_overrides(seed), *(run_overrides or [])]
     if row.kind == "upper_bound":
         opts = row.upper_bound or UpperBoundOptions()
         init = None
@@ -190,7 +193,7 @@ def stored_row(table_path: Path, table: Table, row: Row, scale: str, out: Path) 
 
 def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "results", jobs: int = 1,
               only: list[str] | None = None, restart_stale: bool = False, smoke: bool = False,
-              collect: bool = False) -> dict[str, Any]:
+              collect: bool = False, run_overrides: list[str] | None = None) -> dict[str, Any]:
     """Run the rows of a table (see the module docstring). ``smoke``: one meta-step per row, one seed, a
     couple of validation and test tasks — a check that every row builds and runs, written under
     ``out_root`` like a real run (use a scratch directory). ``collect``: train nothing, only rewrite
@@ -226,7 +229,8 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
     with ThreadPoolExecutor(max_workers=jobs) as ex:
         # upper-bound rows may start from a trained row's θ0, so they run once the trained rows are done
         for phase in ([x for x in runs if x[0].kind == "train"], [x for x in runs if x[0].kind != "train"]):
-            done = list(ex.map(lambda x: run_one(table_path, table, x[0], scale, out, x[1], x[2], threads), phase))
+            done = list(ex.map(lambda x: run_one(table_path, table, x[0], scale, out, x[1], x[2], threads,
+                                                 run_overrides), phase))
             for r in {x[0].name: x[0] for x in phase}.values():
                 results[r.name] = row_result([res for x, res in zip(phase, done, strict=True) if x[0] is r])
     report = {"title": table.title, "table": str(table_path), "scale": scale,

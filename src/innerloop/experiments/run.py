@@ -7,33 +7,39 @@ open (:mod:`~innerloop.experiments.stop`), and is the only writer of the run's f
 
 * ``config.json`` — the resolved config (the run keeps its own copy in memory);
 * ``metrics.jsonl`` — one JSON object per line: a ``start`` event, training rows (``iteration``,
-  ``loss``, ``metric``, ``seconds``), validation rows (``val``, ...) and a ``test`` event;
+  ``loss``, ``metric``), validation rows (``val``, ...) and a ``test`` event, each with ``seconds``
+  (the run's clock: seconds since it started, summed over its sessions); ``metrics.csv`` and
+  ``tensorboard/`` when ``train.log`` names them (:mod:`~innerloop.experiments.sinks`);
 * ``last.pt`` — everything needed to resume exactly, written every ``train.checkpoint_every``
   iterations, at the end and when stopped by a signal; ``best.pt`` — the best validation weights;
 * ``test.json`` — the final test, from ``best.pt``.
 
 A resume continues from ``last.pt`` and first cuts ``metrics.jsonl`` back to it (rows of iterations
-after the checkpoint, a test event, a half-written last line), so that an interrupted and resumed
-run leaves the same files as an uninterrupted one. Temporary files of writers that were killed
-mid-write are removed when the directory is claimed.
+after the checkpoint, a test event, a half-written last line), and the other sinks with it, so that
+an interrupted and resumed run leaves the same files as an uninterrupted one. Temporary files of
+writers that were killed mid-write are removed when the directory is claimed.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from innerloop.experiments import checkpoint as ckpt
-from innerloop.experiments import faults
+from innerloop.experiments import faults, sinks
 from innerloop.experiments.config import Config, ConfigError, to_dict, validate
 from innerloop.experiments.lock import LOCK_NAME, RunLock
 from innerloop.experiments.stop import Stop, StopSignals
 
 #: keys of the config that may change when a run is resumed
-RESUMABLE_CHANGES = {"train.iterations"}
+#: keys of the config that may change when a run is resumed (more iterations; where it runs and what it logs)
+RESUMABLE_CHANGES = {"train.iterations", "train.device", "train.log"}
 #: the files a training run writes (``--overwrite`` removes these and nothing else)
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "test.json", "test_tasks.csv")
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "test.json", "test_tasks.csv", sinks.CSV_NAME)
+RUN_DIRS = (sinks.TB_DIR,)
 EVAL_GLOB = "eval-*.json"  # results of `innerloop eval`, also part of a run
 
 
@@ -128,6 +134,11 @@ class Run:
         self.phase = "start-up"  # then "training", "the final test": named when a signal stops the run
         self.stops = StopSignals()
         self._lock = RunLock(self.out)
+        #: the run's clock (seconds since it started, over all its sessions), set by the training loop;
+        #: every row of metrics.jsonl gets its value as ``seconds``
+        self.clock: Callable[[], float] | None = None
+        self.sinks: list = []
+        sinks.check_available(cfg.train.log)  # a missing optional package is refused before any work
 
     # ---- claiming the directory ----------------------------------------------------------------
     def __enter__(self) -> Run:
@@ -154,6 +165,8 @@ class Run:
         return self
 
     def __exit__(self, *exc) -> None:
+        for s in self.sinks:
+            s.close()
         self._lock.release()
         self.stops.__exit__()
 
@@ -182,12 +195,13 @@ class Run:
             raise ConfigError(f"{self.out} {what}; pass --resume to continue it, --overwrite to start it again, "
                               "or use another --out")
         ours = set(RUN_FILES) | {p.name for p in self.out.glob(EVAL_GLOB)}
-        foreign = [n for n in present if n not in ours]
+        foreign = [n for n in present if n not in ours and not (n in RUN_DIRS and (self.out / n).is_dir())]
         if foreign:
             raise ConfigError(f"{self.out} holds files no run writes ({', '.join(foreign[:3])}); --overwrite only "
                               "replaces a run, so remove them or use another --out")
         for n in present:
-            (self.out / n).unlink()
+            p = self.out / n
+            shutil.rmtree(p) if n in RUN_DIRS and p.is_dir() else p.unlink()
 
     def _check_resume(self) -> None:
         if not (self.out / "config.json").is_file():
@@ -221,28 +235,39 @@ class Run:
     def _prepare(self) -> None:
         ckpt.save_json(to_dict(self.cfg), self.out / "config.json")
         self.test.unlink(missing_ok=True)  # until the final test of this session, the run is not finished
+        kept: list[dict] | None = None
+        resumed_at: int | None = None
         if self.resume_state is None:
             self.metrics.unlink(missing_ok=True)
+            if self.resume:  # resumed before the first checkpoint: starts again from iteration 0
+                resumed_at, kept = 0, []
         else:
-            self._trim_metrics(self.resume_state["iteration"])
+            resumed_at = self.resume_state["iteration"]
+            kept = self._trim_metrics(resumed_at)
+        self.sinks = sinks.open_sinks(self.cfg.train.log, self.out, kept, resumed_at)
 
-    def _trim_metrics(self, upto: int) -> None:
-        """Keep the start event and the rows of iterations ≤ ``upto``, byte for byte."""
+    def _trim_metrics(self, upto: int) -> list[dict]:
+        """Keep the start event and the rows of iterations ≤ ``upto``, byte for byte; return the kept rows."""
         if not self.metrics.is_file():
-            return
-        keep = [line for line, row in _complete_rows(self.metrics.read_bytes())
+            return []
+        keep = [(line, row) for line, row in _complete_rows(self.metrics.read_bytes())
                 if row.get("event") == "start" or ("event" not in row and isinstance(row.get("iteration"), int)
                                                    and row["iteration"] <= upto)]
-        ckpt._atomic(self.metrics, lambda f: f.write(b"".join(keep)))
+        ckpt._atomic(self.metrics, lambda f: f.write(b"".join(line for line, _ in keep)))
+        return [row for _, row in keep]
 
     # ---- writing -------------------------------------------------------------------------------
     def log(self, **row: Any) -> None:
-        """Append one row to ``metrics.jsonl`` (non-finite numbers as null, named in ``nonfinite``)."""
+        """Append one row to ``metrics.jsonl`` (non-finite numbers as null, named in ``nonfinite``) and
+        to the other sinks; a row without ``seconds`` gets the run's clock."""
         if not self.main:
             return
+        row.setdefault("seconds", self.clock() if self.clock is not None else 0.0)
         line = ckpt.json_text(row) + "\n"
         with self.metrics.open("a", encoding="utf-8") as f:
             f.write(line)
+        for s in self.sinks:
+            s.write(row)
         faults.point("log")
 
     def save_last(self, state: dict[str, Any]) -> None:

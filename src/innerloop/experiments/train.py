@@ -23,7 +23,7 @@ from innerloop.data import TaskFamily
 from innerloop.data.prefetch import Prefetcher
 from innerloop.errors import UserError
 from innerloop.experiments import checkpoint as ckpt
-from innerloop.experiments import distributed, faults
+from innerloop.experiments import cross_domain, distributed, faults
 from innerloop.experiments.build import build, choose_path
 from innerloop.experiments.config import Config, ConfigError, TrainConfig, validate
 from innerloop.experiments.run import Run, read_run_config
@@ -219,6 +219,8 @@ def _meta_train(cfg: Config, run: Run, progress: bool, stop_at: int | None
     def seconds() -> float:
         return seconds_before + time.perf_counter() - t0
 
+    run.clock = seconds  # every metrics row (validation, test) gets it as ``seconds``
+
     def save_last(it: int) -> None:
         run.save_last({
             "iteration": it,
@@ -306,16 +308,22 @@ def _final_test(cfg: Config, run: Run, family: TaskFamily, algo: MetaAlgorithm, 
     return res
 
 
-def load_run(run_dir: str | Path, which: str = "best"
+def load_run(run_dir: str | Path, which: str = "best", *, device: str | None = None, dataset: str | None = None,
+             root: str | None = None, split_file: str | None = None
              ) -> tuple[Config, TaskFamily, MetaAlgorithm, str, int, float | None]:
     """Rebuild a run from its directory and load ``best.pt`` (or ``last.pt`` where there is no
     best yet); return the config, task family, algorithm, execution path, checkpoint iteration and
-    the checkpoint's validation score (``None`` for ``last.pt``)."""
+    the checkpoint's validation score (``None`` for ``last.pt``). ``device`` replaces ``train.device``;
+    ``dataset`` (with ``root``, ``split_file``) replaces the test set (:mod:`.cross_domain`)."""
     out = Path(run_dir)
     try:
         cfg = validate(read_run_config(out))
     except ConfigError as e:
         raise ConfigError(f"{out}/config.json: {e}") if str(e).startswith("config error") else e from None
+    if device is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": device})})
+    if dataset is not None:
+        cfg = cross_domain.with_test_dataset(cfg, dataset, root, split_file)
     family, algo = build(cfg)
     f = out / f"{which}.pt"
     if which == "best" and not f.exists():
@@ -330,10 +338,11 @@ def load_run(run_dir: str | Path, which: str = "best"
     return cfg, family, algo, path, state["iteration"], val
 
 
-def eval_file_name(which: str, steps: int, tasks: int) -> str:
-    """Where ``innerloop eval`` writes its result in the run directory: named by its settings, so that
-    it never replaces test.json (train's) or another setting's result."""
-    return f"eval-{which}-steps{steps}-tasks{tasks}.json"
+def eval_file_name(which: str, steps: int, tasks: int, dataset: str | None = None) -> str:
+    """Where ``innerloop eval`` writes its result in the run directory: named by its settings (and the
+    cross-domain test dataset), so that it never replaces test.json (train's) or another setting's result."""
+    where = f"{cross_domain.file_tag(dataset)}-" if dataset is not None else ""
+    return f"eval-{where}{which}-steps{steps}-tasks{tasks}.json"
 
 
 def evaluate_run(
@@ -343,22 +352,33 @@ def evaluate_run(
     steps: int | None = None,
     which: str = "best",
     write: bool = True,
+    device: str | None = None,
+    dataset: str | None = None,
+    root: str | None = None,
+    split_file: str | None = None,
 ) -> dict[str, Any]:
     """Test a run's ``which`` checkpoint on ``tasks`` test tasks (default ``eval.tasks``, fixed by
-    ``eval.seed``) with ``steps`` inner steps (default ``algorithm.eval_inner_steps``). With ``write``
-    the result goes to :func:`eval_file_name` in the run directory (its path is the result's ``file``)."""
+    ``eval.seed``) with ``steps`` inner steps (default ``algorithm.eval_inner_steps``), on ``device``
+    (default the run's), on the test split of ``dataset`` under ``root`` (default the run's test set).
+    With ``write`` the result goes to :func:`eval_file_name` in the run directory (its path is the
+    result's ``file``)."""
     for flag, v in (("tasks", tasks), ("steps", steps)):
         if v is not None and v < 1:
             raise ConfigError(f"--{flag} must be at least 1, got {v}")
+    cross_domain.check_options(dataset, root, split_file)
     out = Path(run_dir)
-    cfg, family, algo, path, iteration, val = load_run(out, which)
+    cfg, family, algo, path, iteration, val = load_run(out, which, device=device, dataset=dataset, root=root,
+                                                       split_file=split_file)
     n = cfg.eval.tasks if tasks is None else tasks
     test_tasks = family.for_split("test").fixed_tasks(n, cfg.eval.seed)
-    res = summarize(evaluate_tasks(algo, test_tasks, path=path, batch=cfg.eval.batch, steps=steps), family)
+    res = summarize(cross_domain.evaluate(lambda: evaluate_tasks(algo, test_tasks, path=path, batch=cfg.eval.batch,
+                                                                 steps=steps), dataset), family)
     res.update(name=cfg.name, checkpoint=which, iteration=iteration, val=val,
                inner_steps=algo.eval_inner_steps if steps is None else steps, path=path)
+    if dataset is not None:
+        res.update(dataset=dataset, root=root, split_file=split_file)
     if write and distributed.is_main():
-        f = out / eval_file_name(which, res["inner_steps"], n)
+        f = out / eval_file_name(which, res["inner_steps"], n, dataset)
         try:
             ckpt.save_json(res, f)
         except OSError as e:

@@ -73,6 +73,9 @@ class Locator:
     probe: Probe
     layouts: tuple[str, ...]  # human-readable accepted layouts (with checksums where published)
     expected: dict[str, int] = field(default_factory=dict)  # classes per split of the default split
+    # the default split's classes per split for a given layout, where it depends on the layout (Omniglot
+    # with images_background only); None: ``expected`` for every layout
+    expected_for: Callable[[str], dict[str, int]] | None = None
     checksums: dict[str, str] = field(default_factory=dict)  # file (relative to the found folder) -> md5
     reference: Callable[[], dict[str, list[str]]] | None = None  # published class lists, for data check
     check_options: dict = field(default_factory=dict)  # extra load() options used by data check

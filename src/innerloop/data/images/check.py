@@ -77,6 +77,7 @@ def check_dataset(name: str, root: str | Path, *, all_images: bool = False) -> D
         if f.is_file() and (got := md5sum(f)) != md5:
             report.problems.append(f"{f}: md5 {got} differs from the published {md5}")
     spec, reference = DATASETS[name], loc.reference() if loc.reference else None
+    expected_counts = loc.expected_for(found.layout) if loc.expected_for else loc.expected
     owner: dict[str, str] = {}
     for split in spec.splits:
         try:
@@ -87,9 +88,10 @@ def check_dataset(name: str, root: str | Path, *, all_images: bool = False) -> D
             continue
         counts = [data.count(i) for i in range(len(data.classes))]
         report.splits.append(SplitReport(split, len(data.classes), sum(counts), min(counts, default=0)))
-        expected = loc.expected.get(split)
+        expected = expected_counts.get(split)
         if expected is not None and len(data.classes) != expected:
-            report.problems.append(f"{split}: {len(data.classes)} classes; the standard split has {expected}")
+            which = "the background-only" if "images_background only" in found.layout else "the standard"
+            report.problems.append(f"{split}: {len(data.classes)} classes; {which} split has {expected}")
         if reference is not None:
             published = set(reference.get(split, ()))
             foreign = [c for c in data.classes if c not in published]

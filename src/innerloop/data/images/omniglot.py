@@ -60,6 +60,7 @@ SIZE = 28
 PARTS = ("images_background", "images_evaluation")
 MAML_SIZES = (1100, 100)  # train, val; test is every remaining character (423 of 1623)
 BACKGROUND_SIZES = (664, 100)  # train, val; test is the remaining 200 of the 964 background characters
+BACKGROUND_CHARACTERS = 964  # in images_background (30 alphabets)
 BACKGROUND_ONLY = " (images_background only)"
 CACHE_NAME = "innerloop-omniglot-28.npz"
 ZIP_MD5 = {"images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
@@ -93,10 +94,19 @@ def _parts(layout: str) -> tuple[str, ...]:
     return PARTS[:1] if layout.endswith(BACKGROUND_ONLY) else PARTS
 
 
+def expected_classes(layout: str) -> dict[str, int]:
+    """Classes per split of the default split of ``layout``: MAML's 1100 / 100 / 423, or the documented
+    background-only 664 / 100 / 200 when only images_background is there (what ``data check`` expects)."""
+    if layout.endswith(BACKGROUND_ONLY):
+        n_train, n_val = BACKGROUND_SIZES
+        return {"train": n_train, "val": n_val, "test": BACKGROUND_CHARACTERS - n_train - n_val}
+    return {"train": 1100, "val": 100, "test": 423}
+
+
 LOCATOR = register_locator(Locator(
     NAME, ("omniglot", "omniglot-py", "Omniglot", "omniglot/python", "omniglot-master/python", "python"),
     _probe, LAYOUTS, expected={"train": 1100, "val": 100, "test": 423}, checksums=ZIP_MD5,
-    check_options={"cache": False}))
+    check_options={"cache": False}, expected_for=expected_classes))
 
 
 # ---- split rules -----------------------------------------------------------------------------
