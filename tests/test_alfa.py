@@ -203,7 +203,7 @@ def test_sgd_init_is_plain_sgd_and_every_generator_layer_learns(algo_name):
 
 def test_l2f_attenuator_keeps_pytorchs_init_by_default_as_released():
     """baiksung/ALFA builds the attenuator as Linear-ReLU-Linear-Sigmoid with PyTorch's default init
-    (no bias offset): γ starts near 0.5, not near 1. ``l2f_gamma_init`` is the opt-in near-constant start."""
+    (no bias offset): γ starts near 0.5, not near 1. ``l2f_init="constant"`` is the opt-in start near 0.99."""
     for kind, kwargs in (("alfa", {"rule_kwargs": {"l2f": True}}), ("l2f", {"lr": 0.1})):
         algo, batch = make(kind, "maml", **kwargs)
         n = len(algo.rule.names)
@@ -217,7 +217,7 @@ def test_l2f_attenuator_keeps_pytorchs_init_by_default_as_released():
 
 
 def test_l2f_attenuates_theta0_per_task_and_starts_near_one():
-    algo, batch = make("alfa", "maml", rule_kwargs={"l2f": True, "l2f_gamma_init": 0.99})
+    algo, batch = make("alfa", "maml", rule_kwargs={"l2f": True, "l2f_init": "constant"})
     rule = algo.rule
     assert rule.adjusts_init
     theta0 = {k: v.detach() for k, v in algo.params().items()}
@@ -305,7 +305,7 @@ def test_generator_sees_only_the_chosen_learning_state(state_input):
 
 def test_l2f_rule_is_sgd_from_the_attenuated_init_with_alfas_attenuator():
     """MAML + L2F (ALFA Tables 1 and 2): ALFA's attenuator, then plain SGD steps."""
-    algo, batch = make("l2f", "maml", lr=0.1, rule_kwargs={"gamma_init": 0.99})
+    algo, batch = make("l2f", "maml", lr=0.1, rule_kwargs={"init": "constant"})
     twin, _ = make("alfa", "maml", rule_kwargs={"l2f": True})
     assert [p.shape for p in algo.rule.attenuator.parameters()] == [p.shape for p in twin.rule.attenuator.parameters()]
     theta0 = {k: v.detach() for k, v in algo.params().items()}

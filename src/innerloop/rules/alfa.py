@@ -31,12 +31,12 @@ exact derivative checks use ``detach_grad_input=False``.
 **L2F** (``l2f=True``, Baik et al., CVPR 2020, as shipped with ALFA): before the first step the
 initialisation is attenuated per task, ``θ0_l ← γ_l θ0_l`` with
 ``γ = sigmoid(MLP([mean(g_1) … mean(g_N)]))`` and ``g`` the support gradient at ``θ0``. The MLP
-is ``N→N→N`` with a ReLU between. By default (``l2f_gamma_init=None``) both layers keep
+is ``N→N→N`` with a ReLU between. By default (``l2f_init="released"``) both layers keep
 PyTorch's default init, as in the released code (baiksung/ALFA ``few_shot_learning_system.py``):
 ``γ`` then starts near ``sigmoid(last bias)``, about 0.5 give or take the init's spread, so the
-first meta-steps see θ0 roughly halved. ``l2f_gamma_init=c`` (our earlier default, 0.99) instead
-scales the last layer's weight by 0.1 and sets its bias to ``logit(c)``: ``γ`` starts within
-about 1e-3 of ``c`` and every weight still gets a meta-gradient from the first meta-step. The
+first meta-steps see θ0 roughly halved. ``l2f_init="constant"`` (our earlier default) instead
+scales the last layer's weight by 0.1 and sets its bias to ``logit(l2f_gamma_init)`` (0.99): ``γ``
+starts within about 1e-3 of it and every weight still gets a meta-gradient from the first meta-step. The
 gradient means enter the MLP in the graph (second order under MAML, as the released code);
 ``l2f_detach_grad_input=True`` detaches them.
 
@@ -109,7 +109,8 @@ class ALFA(UpdateRule):
         weight_decay: float = 5e-4,
         random_init_weight_decay: float = 5e-6,
         l2f: bool = False,
-        l2f_gamma_init: float | None = None,
+        l2f_init: str = "released",
+        l2f_gamma_init: float = 0.99,
         l2f_detach_grad_input: bool = False,
         state_input: str = "both",
         dtype: torch.dtype | None = None,
@@ -155,7 +156,7 @@ class ALFA(UpdateRule):
         self.adjusts_init = bool(l2f)
         self.l2f_detach_grad_input = bool(l2f_detach_grad_input)
         if l2f:
-            self.attenuator = attenuator(n, l2f_gamma_init, dtype)
+            self.attenuator = attenuator(n, l2f_gamma_init if l2f_init == "constant" else None, dtype)
         else:
             self.attenuator = None
 
@@ -226,7 +227,9 @@ class ALFAConfig(RuleConfig):
     #: initial value of the per-element decay B of the random-init variant
     random_init_weight_decay: NonNegativeFloat = 5e-6
     l2f: bool = False
-    l2f_gamma_init: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None  # None: PyTorch's init, as released
+    # "released": PyTorch's default init, as the released code; "constant": γ starts at l2f_gamma_init
+    l2f_init: Literal["released", "constant"] = "released"
+    l2f_gamma_init: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
     l2f_detach_grad_input: bool = False
     #: what the generator sees (ALFA Table 5): layer means of the weights and gradients, or one of them
     state_input: Literal["both", "weights", "gradients"] = "both"
@@ -239,5 +242,6 @@ def _build(cfg: ALFAConfig, ctx: BuildContext) -> ALFA:
     return ALFA(ctx.shapes, ctx.num_steps, cfg.lr, random_init=random_init, generator_layers=cfg.generator_layers,
                 generator_init=cfg.generator_init, detach_grad_input=cfg.detach_grad_input,
                 weight_decay=cfg.weight_decay, random_init_weight_decay=cfg.random_init_weight_decay,
-                l2f=cfg.l2f, l2f_gamma_init=cfg.l2f_gamma_init, l2f_detach_grad_input=cfg.l2f_detach_grad_input,
+                l2f=cfg.l2f, l2f_init=cfg.l2f_init, l2f_gamma_init=cfg.l2f_gamma_init,
+                l2f_detach_grad_input=cfg.l2f_detach_grad_input,
                 state_input=cfg.state_input, dtype=ctx.dtype)

@@ -3,7 +3,7 @@ initialisation — ALFA Tables 1 and 2's "MAML + L2F" rows, i.e. ALFA's ``l2f`` 
 
 Before the first step ``θ0_l ← γ_l θ0_l`` with ``γ = sigmoid(MLP([mean(g_1) … mean(g_N)]))`` and
 ``g`` the support gradient at ``θ0`` (the attenuator of :class:`~innerloop.rules.alfa.ALFA`, same shape
-and initialisation: PyTorch's as released, or ``γ`` near ``gamma_init`` when given); then
+and initialisation: PyTorch's as released, or with ``init="constant"`` ``γ`` near ``gamma_init``); then
 ``θ ← θ − lr · g`` for every step.
 """
 
@@ -20,14 +20,16 @@ from innerloop.types import Params
 
 
 class L2F(UpdateRule):
-    def __init__(self, names: list[str], lr: float, *, gamma_init: float | None = None, detach_grad_input: bool = False,
+    def __init__(self, names: list[str], lr: float, *, init: str = "released", gamma_init: float = 0.99,
+                 detach_grad_input: bool = False,
                  dtype: torch.dtype | None = None):
         super().__init__()
         if not names:
             raise ValueError("L2F needs at least one inner-adapted tensor")
         self.names, self.lr, self.detach_grad_input = list(names), float(lr), bool(detach_grad_input)
         self.built_for = dict.fromkeys(self.names)
-        self.attenuator = attenuator(len(self.names), gamma_init, dtype or torch.get_default_dtype())
+        start = gamma_init if init == "constant" else None
+        self.attenuator = attenuator(len(self.names), start, dtype or torch.get_default_dtype())
         self.adjusts_init = True
 
     def gamma(self, grads: Params) -> torch.Tensor:
@@ -44,12 +46,13 @@ class L2F(UpdateRule):
 class L2FConfig(RuleConfig):
     name: Literal["l2f"] = "l2f"
     lr: PositiveFloat = 0.01
-    gamma_init: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None  # None: PyTorch's init, as released
+    init: Literal["released", "constant"] = "released"  # PyTorch's init as released, or γ starting at gamma_init
+    gamma_init: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
     detach_grad_input: bool = False
 
 
 # γ < 1 scales θ0 before the first step, so no setting gives plain SGD
 @register_rule("l2f", L2FConfig, sgd_equivalent=None)
 def _build(cfg: L2FConfig, ctx: BuildContext) -> L2F:
-    return L2F(list(ctx.shapes), cfg.lr, gamma_init=cfg.gamma_init, detach_grad_input=cfg.detach_grad_input,
-               dtype=ctx.dtype)
+    return L2F(list(ctx.shapes), cfg.lr, init=cfg.init, gamma_init=cfg.gamma_init,
+               detach_grad_input=cfg.detach_grad_input, dtype=ctx.dtype)
