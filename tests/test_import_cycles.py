@@ -75,14 +75,7 @@ OPTIONAL = {"learn2learn", "higher", "torchopt"}
 #: Function-level imports kept for now, (file under src/innerloop, module) -> why. An entry that no
 #: longer matches fails too, so the list only shrinks.
 ALLOWED = {
-    ("experiments/cli.py", "os"): "cli.py is being reworked by another developer",
-    ("experiments/cli.py", "innerloop.data.images.check"): "cli.py is being reworked by another developer",
-    ("experiments/cli.py", "innerloop.experiments.reproduce"): "cli.py is being reworked by another developer",
-    ("experiments/cli.py", "innerloop.experiments.upper_bound"): "cli.py is being reworked by another developer",
-    ("experiments/cli.py", "innerloop.experiments.report"): "cli.py is being reworked by another developer",
-    ("data/images/base.py", "inspect"): "the data loaders are another developer's (no cycle: movable)",
-    ("data/images/_common.py", "innerloop.data.images.base"): "the data loaders are another developer's "
-                                                               "(_common already imports base: movable)",
+    ("experiments/sinks.py", "torch.utils.tensorboard"): "needs the optional tensorboard package (extra)",
 }
 
 

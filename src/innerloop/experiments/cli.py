@@ -20,13 +20,19 @@ from pydantic import ValidationError
 
 from innerloop import __version__, plugins
 from innerloop.data.images.check import MAX_IMAGE_PROBLEMS
+from innerloop.data.images.check import run as check_data
 from innerloop.errors import UserError
 from innerloop.experiments import distributed
+from innerloop.experiments.build import resolve_device
 from innerloop.experiments.config import ConfigError, load
 from innerloop.experiments.plot_cli import add_plot_parser, run_plot
+from innerloop.experiments.report import write_report
+from innerloop.experiments.reproduce import markdown, reproduce
 from innerloop.experiments.run import check_output_dir
+from innerloop.experiments.show_config import config_text
 from innerloop.experiments.stop import Stop
 from innerloop.experiments.train import RunInterrupted, TrainingDiverged, evaluate_run, train
+from innerloop.experiments.upper_bound import UpperBoundOptions, upper_bound
 from innerloop.rules import RULES
 
 
@@ -58,7 +64,6 @@ def _device_overrides(args: argparse.Namespace) -> list[str]:
     """``--device X`` as the override ``train.device=X`` (checked first, so a missing CUDA is one line)."""
     if getattr(args, "device", None) is None:
         return []
-    from innerloop.experiments.build import resolve_device
 
     resolve_device(args.device, "--device")
     return [f"train.device={json.dumps(args.device)}"]
@@ -97,7 +102,6 @@ def cmd_eval(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise ConfigError(f"reproduce takes no config overrides (got {' '.join(overrides)}); edit the table")
-    from innerloop.experiments.reproduce import markdown, reproduce
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
@@ -110,7 +114,6 @@ def cmd_reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_config(args: argparse.Namespace, overrides: list[str]) -> int:
-    from innerloop.experiments.show_config import config_text
 
     print(config_text(load(args.config, overrides), as_json=args.json), end="")
     return 0
@@ -166,18 +169,15 @@ def cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_data_check(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise ConfigError(f"data check takes no config overrides (got {' '.join(overrides)})")
-    import os
 
-    from innerloop.data.images.check import run
 
     root = args.root if args.root is not None else os.environ.get("INNERLOOP_DATA", "data")
-    text, status = run(root, args.dataset, all_images=args.all_images)
+    text, status = check_data(root, args.dataset, all_images=args.all_images)
     print(text)
     return status
 
 
 def cmd_upper_bound(args: argparse.Namespace, overrides: list[str]) -> int:
-    from innerloop.experiments.upper_bound import UpperBoundOptions, upper_bound
 
     cfg = load(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-upper-bound"
@@ -202,7 +202,6 @@ def cmd_upper_bound(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_report(args: argparse.Namespace, overrides: list[str]) -> int:
     if overrides:
         raise ConfigError(f"report takes no config overrides (got {' '.join(overrides)})")
-    from innerloop.experiments.report import write_report
 
     command = " ".join(["innerloop report", *args.tables, "--results", args.results, "--out", args.out,
                         *(["--draw"] if args.draw else [])])

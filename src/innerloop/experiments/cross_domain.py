@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import re
 
+from innerloop.data.images import DATASETS
 from innerloop.experiments.config import Config, ConfigError
 
 
 def with_test_dataset(cfg: Config, dataset: str, root: str | None, split_file: str | None) -> Config:
     """``cfg`` with its validation and test episodes drawn from ``dataset`` under ``root``."""
-    from innerloop.data.images import DATASETS
-
     if cfg.task.name != "images":
         raise ConfigError(f"--dataset needs a run on image tasks; this run's task is {cfg.task.name!r}")
     if dataset not in DATASETS:

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from innerloop.data.images.base import DatasetError, SplitData
+from innerloop.data.images.base import DatasetError, FileSplit, SplitData
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -373,8 +373,6 @@ def load_pickle(path: Path, dataset: str, what: str):
 def folder_split(dataset: str, split: str, folders: dict[str, Path], table: dict[str, list[str]], source: str,
                  size: int):
     """A lazily decoded split of class folders (``folders``: class name → folder) chosen by ``table``."""
-    from innerloop.data.images.base import FileSplit
-
     classes = split_classes(dataset, split, list(folders), table, source)
     files = [image_files(folders[c]) for c in classes]
     empty = [c for c, f in zip(classes, files, strict=True) if not f]

@@ -8,6 +8,7 @@ from files (:class:`FileSplit`). Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,5 @@ def load_split(name: str, root: str | Path | None, split: str, **options) -> Spl
 
 def loader_options(name: str) -> list[str]:
     """The keyword options of a dataset's loader (e.g. omniglot's ``split_rule``)."""
-    import inspect
-
     sig = inspect.signature(DATASETS[name].load)
     return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
