@@ -27,9 +27,10 @@ A row with ``kind = "upper_bound"`` is not meta-trained: ``innerloop upper-bound
 model on each test task alone (options in ``upper_bound = {train_points = 2000, steps = 1000}``;
 ``init`` names another row whose learned θ0 to start from; these rows run after the others).
 The table's optional ``x_label`` names the x axis of its plot. ``[[claim]]`` entries (``text``,
-``better``, ``than``: two row names) are the paper's claims that ``innerloop report`` checks, and
-``[[figure]]`` entries (``file``, ``caption``, ``command = "innerloop plot ... --out FILE"``) the
-figures it shows (``innerloop report --draw`` runs their commands first).
+``better``, ``than``: two row names; ``why_not``: one sentence shown under a "no" verdict) are the
+paper's claims that ``innerloop report`` checks, and ``[[figure]]`` entries (``file``, ``caption``,
+``command = "innerloop plot ... --out FILE"``) the figures it shows
+(``innerloop report --draw`` runs their commands first).
 
 ``innerloop reproduce NAME`` also takes a bare table name: ``configs/tables/NAME.toml`` (looked up
 from the working directory, then from the source tree).
