@@ -195,10 +195,14 @@ def image_shape(name: str, family: TaskFamily) -> tuple[int, int, int]:
     return tuple(family.input_shape)
 
 
-def vector_size(name: str, family: TaskFamily) -> tuple[int, bool]:
-    """The input size of a model that takes vectors, and whether it flattens images to get them."""
-    size = math.prod(family.input_shape)
-    return size, len(family.input_shape) != 1
+def vector_size(name: str, family: TaskFamily) -> int:
+    """The input size of a model that takes vectors (an image's pixels when it flattens images)."""
+    return math.prod(family.input_shape)
+
+
+def flattens(family: TaskFamily) -> bool:
+    """Whether a model that takes vectors must flatten this family's inputs (images) first."""
+    return len(family.input_shape) != 1
 
 
 @register_model("conv4", Conv4Config)
@@ -213,17 +217,17 @@ def build_resnet12(m: ResNet12Config, family: TaskFamily) -> nn.Module:
 
 @register_model("mlp", MLPConfig)
 def build_mlp(m: MLPConfig, family: TaskFamily) -> nn.Module:
-    size, flatten = vector_size(m.name, family)
+    size, flatten = vector_size(m.name, family), flattens(family)
     return MLP(size, m.hidden, family.output_dim, flatten)
 
 
 @register_model("logreg", LogRegConfig)
 def build_logreg(m: LogRegConfig, family: TaskFamily) -> nn.Module:
-    size, flatten = vector_size(m.name, family)
+    size, flatten = vector_size(m.name, family), flattens(family)
     return LogisticRegression(size, family.output_dim, flatten)
 
 
 @register_model("linnet", LinNetConfig)
 def build_linnet(m: LinNetConfig, family: TaskFamily) -> nn.Module:
-    size, flatten = vector_size(m.name, family)
+    size, flatten = vector_size(m.name, family), flattens(family)
     return LinNet(size, family.output_dim, m.hidden, m.layers, flatten)
