@@ -65,14 +65,20 @@ def test_one_seed_or_a_run_not_converged_is_not_judged():
     assert check_claim(rows, "a", "b")[0] == "not converged"
 
 
-def test_report_writes_tables_and_claims(tmp_path, capsys):
-    (tmp_path / "tiny.toml").write_text(TABLE)
+def _tiny_results(tmp_path: Path, table: str) -> Path:
+    """The table file ``table`` and a results directory with its rows a and b over 3 seeds, c not run."""
+    (tmp_path / "tiny.toml").write_text(table)
     res = tmp_path / "results"
     res.mkdir()
     report = {"title": "Tiny", "table": str(tmp_path / "tiny.toml"), "scale": "cpu", "scale_overrides": [], "notes": "",
               "rows": [_row("a", 0.5, 0.05, seeds=[0.49, 0.5, 0.51]), _row("b", 0.8, 0.05, seeds=[0.79, 0.8, 0.81]),
                        {"name": "c", "label": "c", "paper": 0.3, "not_run": True}]}
     (res / "tiny.json").write_text(json.dumps(report))
+    return res
+
+
+def test_report_writes_tables_and_claims(tmp_path, capsys):
+    res = _tiny_results(tmp_path, TABLE)
     out = tmp_path / "docs" / "RESULTS.md"
     assert main(["report", "--results", str(res), "--out", str(out)]) == 0
     text = out.read_text()
@@ -86,13 +92,7 @@ def test_report_writes_tables_and_claims(tmp_path, capsys):
 
 def test_a_no_verdict_shows_the_tables_explanation(tmp_path, capsys):
     table = TABLE.replace('text = "b beats a"', 'text = "b beats a"\nwhy_not = "b is a stand-in that cannot win here."')
-    (tmp_path / "tiny.toml").write_text(table)
-    res = tmp_path / "results"
-    res.mkdir()
-    report = {"title": "Tiny", "table": str(tmp_path / "tiny.toml"), "scale": "cpu", "scale_overrides": [], "notes": "",
-              "rows": [_row("a", 0.5, 0.05, seeds=[0.49, 0.5, 0.51]), _row("b", 0.8, 0.05, seeds=[0.79, 0.8, 0.81]),
-                       {"name": "c", "label": "c", "paper": 0.3, "not_run": True}]}
-    (res / "tiny.json").write_text(json.dumps(report))
+    res = _tiny_results(tmp_path, table)
     out = tmp_path / "RESULTS.md"
     assert main(["report", "--results", str(res), "--out", str(out)]) == 0
     text = out.read_text()
