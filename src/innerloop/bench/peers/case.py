@@ -44,6 +44,7 @@ class Config:
     query: int = 15
     outer_lr: float = 1e-3
     dtype: str = "float32"  # of weights and data (float64 tells rounding from real differences)
+    device: str = "cpu"
 
     @property
     def spec(self) -> Row:
@@ -69,19 +70,29 @@ class Runner(NamedTuple):
     meta_parameters: list[Tensor]  # what Adam updates
     meta_backward: Callable[[], None]  # accumulate the meta-gradient of the mean query loss
     named_grads: Callable[[], dict[str, Tensor]]  # θ0 grads by our names; "alpha:<name>" for Meta-SGD
+    path: str | None = None  # ours: the execution path it resolved to ("auto" is resolved in the case's process)
 
 
 def make_problem(cfg: Config) -> tuple[Conv4, Task]:
-    """Our Conv4 at its seed-0 initialisation and a synthetic meta-batch (same seeds as ``innerloop.bench``)."""
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    shot, n_way, q, b = cfg.spec.shot, cfg.n_way, cfg.query, cfg.meta_batch
-    model = Conv4((1, 28, 28), n_way, channels=cfg.channels)
-    sx = torch.rand(b, n_way * shot, 1, 28, 28, generator=g)
-    qx = torch.rand(b, n_way * q, 1, 28, 28, generator=g)
+    """Our Conv4 at its seed-0 initialisation and a synthetic meta-batch (same seeds as ``innerloop.bench``),
+    drawn in float32 on the CPU whatever ``cfg`` says and then cast and moved, so that a float64 or
+    CUDA case solves the same problem as the float32 CPU one."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(0)
+        shot, n_way, q, b = cfg.spec.shot, cfg.n_way, cfg.query, cfg.meta_batch
+        model = Conv4((1, 28, 28), n_way, channels=cfg.channels)
+        sx = torch.rand(b, n_way * shot, 1, 28, 28, generator=g)
+        qx = torch.rand(b, n_way * q, 1, 28, 28, generator=g)
+    finally:
+        torch.set_default_dtype(previous)
     sy = torch.arange(n_way).repeat_interleave(shot).expand(b, -1).contiguous()
     qy = torch.arange(n_way).repeat_interleave(q).expand(b, -1).contiguous()
-    return model, Task(sx, sy, qx, qy)
+    dtype = getattr(torch, cfg.dtype)
+    model = model.to(device=cfg.device, dtype=dtype)
+    return model, Task(sx.to(cfg.device, dtype), sy, qx.to(cfg.device, dtype), qy).to(cfg.device)
 
 
 class PlainConv4(nn.Module):
@@ -105,7 +116,8 @@ class PlainConv4(nn.Module):
 
 def plain_copy(model: Conv4, cfg: Config) -> PlainConv4:
     """A :class:`PlainConv4` holding a copy of ``model``'s weights (parameters in the same order)."""
-    plain = PlainConv4(cfg.channels, cfg.n_way, model.head.in_features)
+    src0 = next(model.parameters())
+    plain = PlainConv4(cfg.channels, cfg.n_way, model.head.in_features).to(src0.device, src0.dtype)
     with torch.no_grad():
         for (name, src), dst in zip(model.named_parameters(), plain.parameters(), strict=True):
             if src.shape != dst.shape:

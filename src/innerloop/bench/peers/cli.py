@@ -12,11 +12,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from innerloop.bench.device import DeviceError, check_device
 from innerloop.bench.peers.case import ROWS, Config
+from innerloop.bench.peers.compare import title
 from innerloop.bench.peers.libraries import (
     GRAD_REFERENCE,
     PEERS,
@@ -36,7 +39,7 @@ DESCRIPTION = "Peers benchmark: MAML meta-steps of learn2learn, higher and Torch
 def _child(lib: str, cfg: Config, a: argparse.Namespace, grad_out: str) -> dict:
     cmd = [sys.executable, "-m", "innerloop.bench.peers", "--case", lib, cfg.row, str(cfg.meta_batch),
            "--grad-out", grad_out, "--steps", str(cfg.steps), "--lr", repr(cfg.lr), "--channels", str(cfg.channels),
-           "--dtype", cfg.dtype,
+           "--dtype", cfg.dtype, "--device", cfg.device,
            "--repeats", str(a.repeats), "--warmup", str(a.warmup), "--threads", str(a.threads)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     base = {"library": lib, "row": cfg.row, "meta_batch": cfg.meta_batch, "version": library_version(lib)}
@@ -77,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=64, help="filters per conv layer")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="of weights and data; float64 tells float32 rounding from real gradient differences")
+    p.add_argument("--device", default="cpu",
+                   help="where every case runs (cpu, cuda, cuda:1, ...); on CUDA the memory column is "
+                        "torch.cuda.max_memory_allocated instead of the process's peak RSS")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--markdown", help="rewrite the peers section (between the markers) of this Markdown file")
     p.add_argument("--case", nargs=3, metavar=("LIB", "ROW", "META_BATCH"), help=argparse.SUPPRESS)
@@ -90,14 +96,21 @@ def _measure_all(a: argparse.Namespace, libs: list[str]) -> list[dict]:
     path_problems = {lib: ours_path_problem(lib.split(":", 1)[1]) for lib in libs if lib.startswith("ours:")}
     results: list[dict] = []
     order = sorted(libs, key=lambda lib: lib != GRAD_REFERENCE)
-    width = max(len(column_title(lib)) for lib in libs)
+    width = max(len(column_title(lib)) for lib in libs) + len(" (threads)")
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
         for mb in a.meta_batch:
             for row in a.rows:
-                cfg = Config(row=row, meta_batch=mb, steps=a.steps, lr=a.lr, channels=a.channels, dtype=a.dtype)
+                cfg = Config(row=row, meta_batch=mb, steps=a.steps, lr=a.lr, channels=a.channels, dtype=a.dtype,
+                             device=a.device)
                 print(f"\n{ROWS[row].label}, meta-batch {mb}", flush=True)
                 case: dict[str, dict] = {}
                 ref = None
+                # every library's distance from the exact answer, not from one another: the same weights
+                # and tasks cast to float64, one untimed step of the hand-written loop in its own process
+                ref64_path = os.path.join(tmp, f"{row}-{mb}-ref64.pt")
+                once = argparse.Namespace(repeats=0, warmup=1, threads=a.threads)
+                ok64 = _child(REFERENCE, replace(cfg, dtype="float64"), once, ref64_path)["status"] == "ok"
+                ref64 = torch.load(ref64_path) if ok64 else None
                 if GRAD_REFERENCE not in libs:  # not timed: one untimed step for its meta-gradient
                     ref_path = os.path.join(tmp, f"{row}-{mb}-ref.pt")
                     one = argparse.Namespace(repeats=0, warmup=1, threads=a.threads)
@@ -118,8 +131,10 @@ def _measure_all(a: argparse.Namespace, libs: list[str]) -> list[dict]:
                             ref = grads
                         if ref is not None:
                             r["grad_diff"], r["grad_rel"] = grad_diff(grads, ref)
+                        if ref64 is not None:
+                            r["grad_rel64"] = grad_diff(grads, ref64)[1]
                     case[lib] = r
-                    print(f"  {column_title(lib):<{width}}  {case_line(r)}", flush=True)
+                    print(f"  {title(lib, [r]):<{width}}  {case_line(r)}", flush=True)
                 results += [case[lib] for lib in libs]
     return results
 
@@ -128,15 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     if a.case:  # internal: one case in this process, JSON on the last line of stdout
         lib, row, mb = a.case
-        cfg = Config(row=row, meta_batch=int(mb), steps=a.steps, lr=a.lr, channels=a.channels, dtype=a.dtype)
+        cfg = Config(row=row, meta_batch=int(mb), steps=a.steps, lr=a.lr, channels=a.channels, dtype=a.dtype,
+                     device=a.device)
         res = run_case(lib, cfg, repeats=a.repeats, warmup=a.warmup, threads=a.threads, grad_out=a.grad_out)
         res.pop("grads", None)
         print(json.dumps(res))
         return 0
 
+    try:
+        check_device(a.device)
+    except DeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     libs = expand_libraries(a.libraries)
-    info = {**machine_info(a.threads), "repeats": a.repeats, "warmup": max(a.warmup, 1)}
-    print(f"{info['cpu']}, torch {info['torch']}, {a.threads} threads per case, "
+    info = {**machine_info(a.threads), "repeats": a.repeats, "warmup": max(a.warmup, 1), "device": a.device}
+    print(f"{info['cpu']}, device {a.device}, torch {info['torch']}, {a.threads} threads per case, "
           f"load average {'/'.join(f'{x:.2f}' for x in info['load_start'])}")
     results = _measure_all(a, libs)
     info["load_end"] = os.getloadavg()

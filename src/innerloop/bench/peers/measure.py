@@ -3,7 +3,6 @@ weights, the next ones are timed; and how far two meta-gradients are apart."""
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 import warnings
@@ -12,6 +11,7 @@ from dataclasses import asdict
 import torch
 from torch import Tensor
 
+from innerloop.bench.device import peak_memory, reset_peak, synchronize
 from innerloop.bench.peers.case import Config, NotInstalled, Unsupported
 from innerloop.bench.peers.libraries import build, library_version
 
@@ -35,6 +35,8 @@ def run_case(lib: str, cfg: Config, *, repeats: int = 5, warmup: int = 1, thread
 
 
 def _timed(lib: str, cfg: Config, res: dict, repeats: int, warmup: int, grad_out: str | None) -> dict:
+    dev = torch.device(cfg.device)
+    reset_peak(dev)
     with warnings.catch_warnings():
         # the peers' own deprecation notices (old torch APIs) are not what is measured here
         warnings.simplefilter("ignore")
@@ -51,7 +53,7 @@ def _timed(lib: str, cfg: Config, res: dict, repeats: int, warmup: int, grad_out
             return {**res, "status": "not installed", "note": ""}
         except Unsupported as e:
             return {**res, "status": "n/a", "note": str(e)}
-        grads = {k: (v.detach().clone() if v is not None else None) for k, v in runner.named_grads().items()}
+        grads = {k: (v.detach().cpu().clone() if v is not None else None) for k, v in runner.named_grads().items()}
         if grad_out:
             torch.save(grads, grad_out)
         opt.step()
@@ -60,14 +62,17 @@ def _timed(lib: str, cfg: Config, res: dict, repeats: int, warmup: int, grad_out
             opt.step()
         times = []
         for _ in range(repeats):
+            synchronize(dev)
             t = time.perf_counter()
             step()
             opt.step()
+            synchronize(dev)
             times.append(time.perf_counter() - t)
     med = statistics.median(times) if times else float("nan")
+    if runner.path is not None:
+        res["path"] = runner.path
     return {**res, "status": "ok", "note": "", "median_s": med, "tasks_per_s": cfg.meta_batch / med,
-            "times_s": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "grads": grads if not grad_out else None}
+            "times_s": times, **peak_memory(dev), "grads": grads if not grad_out else None}
 
 
 def grad_diff(grads: dict[str, Tensor | None], ref: dict[str, Tensor | None]) -> tuple[float, float]:
