@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from innerloop import MAML, SGD, MetaSGD, registry
+from innerloop.bench.device import DeviceError, check_device, memory_kind, peak_mb, peak_memory, reset_peak, synchronize
 from innerloop.bench.sections import write_section
 from innerloop.data import Sine
 from innerloop.models import MLP, Conv4
@@ -67,8 +67,12 @@ def build(workload: str, rule: str, first_order: bool = False, meta_batch: int |
     return algo, batch
 
 
-def run_case(workload: str, path: str, order: int, rule: str, repeats: int, meta_batch: int | None) -> dict:
+def run_case(workload: str, path: str, order: int, rule: str, repeats: int, meta_batch: int | None,
+             device: str = "cpu") -> dict:
+    dev = torch.device(device)
     algo, batch = build(workload, rule, order == 1, meta_batch)
+    algo, batch = algo.to(dev), batch.to(dev)  # built on the CPU so that every device gets the same problem
+    reset_peak(dev)
     opt = torch.optim.Adam(algo.meta_parameters(), lr=1e-3)
 
     def step():
@@ -79,8 +83,10 @@ def run_case(workload: str, path: str, order: int, rule: str, repeats: int, meta
     step()  # warm-up
     times = []
     for _ in range(repeats):
+        synchronize(dev)
         t = time.perf_counter()
         step()
+        synchronize(dev)
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
     return {
@@ -91,7 +97,8 @@ def run_case(workload: str, path: str, order: int, rule: str, repeats: int, meta
         "meta_batch": batch.num_tasks,
         "median_s": med,
         "tasks_per_s": batch.num_tasks / med,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **peak_memory(dev),
+        "device": str(dev),
         "repeats": repeats,
         "threads": torch.get_num_threads(),
     }
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rule", default="sgd", choices=["sgd", "meta_sgd"])
     p.add_argument("--repeats", type=int, default=None, help="timed meta-steps (default: 20 sine, 3 conv)")
     p.add_argument("--meta-batch", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (on CUDA: synchronized timing, "
+                   "memory from torch.cuda.max_memory_allocated)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--markdown", help="rewrite the 'bench' section of this Markdown file with the tables")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
@@ -112,16 +121,23 @@ def main(argv: list[str] | None = None) -> int:
     if a.case:
         w, path, order = a.case.split(":")
         reps = a.repeats or (20 if w == "sine" else 3)
-        print(json.dumps(run_case(w, path, int(order), a.rule, reps, a.meta_batch)))
+        print(json.dumps(run_case(w, path, int(order), a.rule, reps, a.meta_batch, a.device)))
         return 0
+    try:
+        check_device(a.device)
+    except DeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     rows = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    mem = "peak CUDA MB" if torch.device(a.device).type == "cuda" else "peak RSS MB"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}")
     for w in a.workloads:
         print(f"\n{w}: {WORKLOADS[w]}")
-        print(f"{'path':6} {'order':>5} {'s/meta-step':>12} {'tasks/s':>9} {'peak RSS MB':>12}")
+        print(f"{'path':6} {'order':>5} {'s/meta-step':>12} {'tasks/s':>9} {mem:>12}")
         for order in a.orders:
             for path in a.paths:
-                cmd = [sys.executable, "-m", "innerloop.bench", "--case", f"{w}:{path}:{order}", "--rule", a.rule]
+                cmd = [sys.executable, "-m", "innerloop.bench", "--case", f"{w}:{path}:{order}", "--rule", a.rule,
+                       "--device", a.device]
                 if a.repeats:
                     cmd += ["--repeats", str(a.repeats)]
                 if a.meta_batch:
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = json.loads(r.stdout.strip().splitlines()[-1])
                 rows.append(row)
                 print(f"{path:6} {order:>5} {row['median_s']:>12.4f} {row['tasks_per_s']:>9.1f} "
-                      f"{row['peak_rss_mb']:>12.0f}", flush=True)
+                      f"{peak_mb(row):>12.0f}", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)
@@ -150,16 +166,16 @@ def markdown(rows: list[dict], argv: list[str]) -> str:
         "",
         f"Written by `{cmd}` — torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}. Median of timed "
-        "meta-steps after one warm-up step (forward, meta-gradient and Adam step); peak RSS of the "
-        "process that ran the case.",
+        f"meta-steps after one warm-up step (forward, meta-gradient and Adam step) on "
+        f"{rows[0].get('device', 'cpu') if rows else 'cpu'}; {memory_kind(rows)} of the process that ran the case.",
         "",
     ]
     for w in dict.fromkeys(r["workload"] for r in rows):
         out += [f"**{w}** ({WORKLOADS[w]}, rule {rows[0]['rule']})", "",
-                "| path | order | s / meta-step | tasks / s | peak RSS (MB) |", "|---|---|---|---|---|"]
+                f"| path | order | s / meta-step | tasks / s | {memory_kind(rows)} (MB) |", "|---|---|---|---|---|"]
         for r in rows:
             if r["workload"] == w:
                 out.append(f"| {r['path']} | {r['order']} | {r['median_s']:.4f} | {r['tasks_per_s']:.1f} | "
-                           f"{r['peak_rss_mb']:.0f} |")
+                           f"{peak_mb(r):.0f} |")
         out.append("")
     return "\n".join(out)

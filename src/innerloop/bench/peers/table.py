@@ -150,6 +150,7 @@ def summary(results: list[dict], libs: list[str], rows: list[str], meta_batches:
                                                           for lib in libs)
                        + f"{fmt_peer(c):>15}{fmt_ratio(c):>7}{fmt_memory(c):>14}")
         out.append(f"max |Δg| / max |g_ref| vs the float64 reference, meta-batch {mb}")
+        out.append(f"{'row':<28}" + "".join(f"{h:>{w}}" for h in heads))
         for row in rows:
             case = cases.get((row, mb), {})
             out.append(f"{ROWS[row].label:<28}" + "".join(f"{fmt_grad64(case.get(lib)):>{w}}" for lib in libs))
