@@ -65,7 +65,8 @@ def _accuracy(out: Tensor, y: Tensor) -> Tensor:
 
 def ours(c: EvalCase) -> tuple[Callable[[Task], Tensor], str]:
     """Per-task accuracies of the library's evaluation, and the path it resolved to."""
-    algo = MAML(make_model(c), SGD(c.lr), loss_fn=F.cross_entropy, metric_fn=_accuracy, inner_steps=c.steps).to(c.device)
+    algo = MAML(make_model(c), SGD(c.lr), loss_fn=F.cross_entropy, metric_fn=_accuracy, inner_steps=c.steps)
+    algo = algo.to(c.device)
     path = choose_path(algo, "auto", torch.device(c.device))
     return (lambda tasks: evaluate_tasks(algo, tasks, path=path, batch=c.batch).metric), path
 
