@@ -56,8 +56,8 @@ def _line(r: dict) -> str:
     if "failed" in r:
         return f"failed: {r['failed']}"
     mean = sum(r["accuracies"]) / max(len(r["accuracies"]), 1)
-    return (f"{r['median_s']:>9.3f} s  {r['tasks_per_s']:>7.1f} tasks/s  {peak_mb(r):>6.0f} MB  "
-            f"accuracy {mean:.4f}")
+    speed = f"{r['median_s']:>9.3f} s  {r['tasks_per_s']:>7.1f} tasks/s" if r["times_s"] else f"{'untimed':>27}"
+    return f"{speed}  {peak_mb(r):>6.0f} MB  accuracy {mean:.4f}"
 
 
 def markdown(rows: list[dict], diffs: dict[int, float], command: str) -> str:
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         if all("failed" not in r for r in pair.values()):
             diffs[shots] = max_acc_diff(pair["ours"], pair["plain"])
             o, p = pair["ours"], pair["plain"]
-            print(f"  ratio (plain ÷ ours) {p['median_s'] / o['median_s']:.2f}; "
-                  f"max per-task accuracy difference {diffs[shots]:.2g}", flush=True)
+            ratio = f"ratio (plain ÷ ours) {p['median_s'] / o['median_s']:.2f}; " if o["times_s"] else ""
+            print(f"  {ratio}max per-task accuracy difference {diffs[shots]:.2g}", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
     if a.markdown and any("failed" not in r for r in rows):
