@@ -116,3 +116,30 @@ def test_markdown_section_is_rewritten_in_place(tmp_path):
     text = doc.read_text()
     assert "first" not in text and body in text and text.count(peers.SECTION_START) == 1
     assert text.startswith("# Performance\n\nkept above\n") and text.endswith("kept below\n")
+
+
+@pytest.mark.parametrize(("threads", "expected"), [(1, "loop"), (2, "threads")])
+def test_ours_auto_runs_on_the_path_choose_path_picks_and_reports_it(threads, expected):
+    before = torch.get_num_threads()
+    try:
+        r = run_case("ours:auto", tiny_config(row="1shot-fo"), repeats=0, warmup=1, threads=threads)
+    finally:
+        torch.set_num_threads(before)
+    assert r["status"] == "ok" and r["path"] == expected  # a conv model on the CPU: threads when torch has >1
+    assert "ours:auto" in peers.libraries.expand_libraries(["ours"])
+    diff, _ = grad_diff(r["grads"], _case(GRAD_REFERENCE, "1shot-fo")["grads"])
+    assert diff < 1e-5
+
+
+def test_float32_and_float64_cases_solve_the_same_problem():
+    m32, t32 = peers.make_problem(tiny_config())
+    m64, t64 = peers.make_problem(tiny_config(dtype="float64"))
+    assert t64.support_x.dtype == torch.float64 and torch.equal(t64.support_x, t32.support_x.double())
+    assert all(torch.equal(a.double(), b) for a, b in zip(m32.parameters(), m64.parameters(), strict=True))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_error_line_and_exit_2(capsys):
+    assert peers.main(["--device", "cuda", "--rows", "1shot-fo"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("error: device 'cuda'")
