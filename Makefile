@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench peers bench-peers clean
+.PHONY: demo test lint bench peers bench-peers bench-eval clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,8 +24,11 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
+# DEVICE=cuda times the benchmarks on a GPU (synchronized; memory from torch.cuda.max_memory_allocated)
+DEVICE ?= cpu
+
 bench: $(STAMP)
-	$(BIN)/python -m innerloop.bench
+	$(BIN)/python -m innerloop.bench --device $(DEVICE)
 
 # Peer libraries for `make bench-peers` (the `peers` extra of pyproject.toml), installed with
 # --no-deps so that pip never touches torch or numpy (resolving their declared dependencies would
@@ -50,8 +53,12 @@ $(PEERS_STAMP): $(STAMP)
 	rm -rf $(PEERS_BUILD)
 	touch $@
 
+# --libraries defaults to every peer, plain PyTorch and ours (auto, the column compared, then each path)
 bench-peers: $(STAMP) $(PEERS_STAMP)
-	$(BIN)/python -m innerloop.bench.peers --markdown docs/performance.md
+	$(BIN)/python -m innerloop.bench.peers --device $(DEVICE) --markdown docs/performance.md
+
+bench-eval: $(STAMP)
+	$(BIN)/python -m innerloop.bench.evaluation --device $(DEVICE) --markdown docs/performance.md
 
 clean:
 	rm -rf $(VENV) runs
