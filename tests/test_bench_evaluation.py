@@ -3,6 +3,10 @@ the markdown section lands between its markers, and a missing device is one line
 
 from __future__ import annotations
 
+import contextlib
+import io
+import types
+
 import pytest
 import torch
 
@@ -68,3 +72,25 @@ def test_the_threads_path_scores_like_the_plain_loop(one_thread):
     ours = run_case("ours", c, repeats=0, threads=2)  # auto picks threads for a conv model with 2 threads
     plain = run_case("plain", c, repeats=0, threads=one_thread)
     assert ours["path"] == "threads" and evaluation.max_acc_diff(ours, plain) == 0.0
+
+
+def test_the_command_writes_its_section_and_compares_accuracies(monkeypatch, tmp_path, capsys, one_thread):
+    """The whole command on a tiny problem, its per-case processes run in this one (import cost)."""
+
+    def in_process(cmd, **_):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = evaluation.main(cmd[3:])  # [python, -m, innerloop.bench.evaluation, ...]
+        return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr="")
+
+    monkeypatch.setattr(evaluation, "subprocess", types.SimpleNamespace(run=in_process))
+    doc = tmp_path / "perf.md"
+    doc.write_text("# Performance\n\nkept\n")
+    assert evaluation.main(["--tasks", "2", "--steps", "1", "--shots", "1", "--channels", "4", "--repeats", "1",
+                            "--threads", str(one_thread), "--markdown", str(doc)]) == 0
+    out = capsys.readouterr().out
+    assert "ours: auto (loop)" in out and "plain loop" in out and "max per-task accuracy difference 0" in out
+    text = doc.read_text()
+    assert text.startswith("# Performance\n\nkept\n") and text.count("<!-- evaluation:start -->") == 1
+    section = text.split("<!-- evaluation:start -->\n")[1].split("<!-- evaluation:end -->")[0]
+    assert section.startswith("## Evaluation benchmark") and "| 1 | ours: auto (loop) |" in section

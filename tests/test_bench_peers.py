@@ -3,7 +3,11 @@ are optional: their parts are skipped when they are not installed)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import json
+import types
 
 import pytest
 import torch
@@ -143,3 +147,28 @@ def test_cuda_without_cuda_is_one_error_line_and_exit_2(capsys):
     assert peers.main(["--device", "cuda", "--rows", "1shot-fo"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith("error: device 'cuda'")
+
+
+def test_the_command_compares_ours_auto_with_the_float64_reference(monkeypatch, tmp_path, capsys):
+    """The whole command on a tiny case, its per-case processes run in this one (import cost)."""
+
+    def in_process(cmd, **_):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = peers.main(cmd[3:])  # [python, -m, innerloop.bench.peers, ...]
+        return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr="")
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(peers.cli, "subprocess", types.SimpleNamespace(run=in_process))
+    try:
+        assert peers.main(["--libraries", "pytorch", "ours:auto", "--rows", "1shot-fo", "--meta-batch", "2",
+                           "--steps", "1", "--channels", "4", "--repeats", "0", "--threads", "1",
+                           "--json", str(tmp_path / "r.json")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    res = {r["library"]: r for r in json.loads((tmp_path / "r.json").read_text())["results"]}
+    assert res["ours:auto"]["path"] == "loop" and 0 <= res["ours:auto"]["grad_rel64"] < 1e-4
+    assert 0 <= res["pytorch"]["grad_rel64"] < 1e-4 and res["pytorch"]["grad_rel64"] > 0  # float32 vs float64
+    out = capsys.readouterr().out
+    assert "ours: auto (loop)" in out and "fastest peer" in out and out.rstrip().splitlines()[-1].startswith(
+        "worst row: ratio ")
