@@ -76,13 +76,13 @@ def markdown(rows: list[dict], diffs: dict[int, float], command: str) -> str:
             out.append(f"| {r['shots']} | {r['impl']} | failed | | | |")
             continue
         mean = sum(r["accuracies"]) / max(len(r["accuracies"]), 1)
-        out.append(f"| {r['shots']} | {_name(r)} | {r['median_s']:.3f} | {r['tasks_per_s']:.1f} | "
-                   f"{peak_mb(r):.0f} | {mean:.4f} |")
+        speed = f"{r['median_s']:.3f} | {r['tasks_per_s']:.1f}" if r["times_s"] else "untimed | –"
+        out.append(f"| {r['shots']} | {_name(r)} | {speed} | {peak_mb(r):.0f} | {mean:.4f} |")
     out.append("")
     for shots, d in diffs.items():
         o, p = (next(r for r in rows if r["shots"] == shots and r["impl"] == i) for i in IMPLEMENTATIONS)
-        out.append(f"{shots}-shot: ratio {p['median_s'] / o['median_s']:.2f}, max per-task accuracy difference "
-                   f"{d:.2g}.")
+        ratio = f"ratio {p['median_s'] / o['median_s']:.2f}, " if o["times_s"] and p["times_s"] else "untimed, "
+        out.append(f"{shots}-shot: {ratio}max per-task accuracy difference {d:.2g}.")
     return "\n".join(out) + "\n"
 
 
