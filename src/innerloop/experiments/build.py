@@ -107,8 +107,8 @@ def choose_path(algo: MetaAlgorithm, setting: str, device: torch.device) -> str:
     """``loop``, ``threads`` or ``vmap``. ``auto`` follows the measurements in docs/performance.md:
     on a CPU, vmap wins for small fully connected models (sine MLP: ~5 ms vs ~30 ms per meta-batch
     of 25); for convolutional models vmap is slower at several times the memory, and ``threads``
-    beats the plain loop by 1.1–1.35× (4-CONV-64, 1- and 5-shot, first and second order, 2 threads)
-    at ~1.4× its memory, so ``threads`` when torch has more than one thread, else ``loop``; on
+    beats the plain loop by 1.1–1.5× (4-CONV-64, 1- and 5-shot, first and second order, 2 threads)
+    at 1.4–2× its memory, so ``threads`` when torch has more than one thread, else ``loop``; on
     accelerators batching the tasks usually pays, so vmap. Activation checkpointing needs autograd,
     so it gets the loop instead of vmap."""
     if setting != "auto":
