@@ -4,6 +4,7 @@ reading the clock, and read peak memory where the device keeps it."""
 from __future__ import annotations
 
 import resource
+import sys
 
 import torch
 
@@ -29,6 +30,16 @@ def check_device(name: str) -> torch.device:
     if dev.index is not None and count is not None and dev.index >= count():
         raise DeviceError(f"device {name!r}: this machine has {count()} {dev.type} device(s)")
     return dev
+
+
+def refuse_unavailable(name: str) -> bool:
+    """Print the one-line error for a device this machine lacks (the commands then exit 2)."""
+    try:
+        check_device(name)
+    except DeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return True
+    return False
 
 
 def synchronize(dev: torch.device) -> None:

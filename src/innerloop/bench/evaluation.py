@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from innerloop.bench.device import DeviceError, check_device, memory_kind, peak_mb
+from innerloop.bench.device import memory_kind, peak_mb, refuse_unavailable
 from innerloop.bench.eval_cases import IMPLEMENTATIONS, EvalCase, run_case
 from innerloop.bench.sections import write_section
 
@@ -109,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         c = EvalCase(tasks=a.tasks, steps=a.steps, shots=a.shots[0], channels=a.channels, device=a.device)
         print(json.dumps(run_case(a.case, c, a.repeats, a.threads)))
         return 0
-    try:
-        check_device(a.device)
-    except DeviceError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if refuse_unavailable(a.device):
         return 2
     rows, diffs = [], {}
     print(f"torch {torch.__version__}, device {a.device}, {a.threads} threads per case, {a.tasks} tasks, "

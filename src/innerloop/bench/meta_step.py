@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from innerloop import MAML, SGD, MetaSGD, registry
-from innerloop.bench.device import DeviceError, check_device, memory_kind, peak_mb, peak_memory, reset_peak, synchronize
+from innerloop.bench.device import memory_kind, peak_mb, peak_memory, refuse_unavailable, reset_peak, synchronize
 from innerloop.bench.sections import write_section
 from innerloop.data import Sine
 from innerloop.models import MLP, Conv4
@@ -123,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         reps = a.repeats or (20 if w == "sine" else 3)
         print(json.dumps(run_case(w, path, int(order), a.rule, reps, a.meta_batch, a.device)))
         return 0
-    try:
-        check_device(a.device)
-    except DeviceError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if refuse_unavailable(a.device):
         return 2
     rows = []
     mem = "peak CUDA MB" if torch.device(a.device).type == "cuda" else "peak RSS MB"

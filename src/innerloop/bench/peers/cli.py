@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from innerloop.bench.device import DeviceError, check_device
+from innerloop.bench.device import refuse_unavailable
 from innerloop.bench.peers.case import ROWS, Config
 from innerloop.bench.peers.compare import title
 from innerloop.bench.peers.libraries import (
@@ -150,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res))
         return 0
 
-    try:
-        check_device(a.device)
-    except DeviceError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if refuse_unavailable(a.device):
         return 2
     libs = expand_libraries(a.libraries)
     info = {**machine_info(a.threads), "repeats": a.repeats, "warmup": max(a.warmup, 1), "device": a.device}
