@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from innerloop.bench import evaluation
+from innerloop.bench import child, evaluation
 from innerloop.bench.eval_cases import EvalCase, make_tasks, run_case
 from innerloop.bench.sections import write_section
 
@@ -83,7 +83,7 @@ def test_the_command_writes_its_section_and_compares_accuracies(monkeypatch, tmp
             code = evaluation.main(cmd[3:])  # [python, -m, innerloop.bench.evaluation, ...]
         return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr="")
 
-    monkeypatch.setattr(evaluation, "subprocess", types.SimpleNamespace(run=in_process))
+    monkeypatch.setattr(child, "subprocess", types.SimpleNamespace(run=in_process))
     doc = tmp_path / "perf.md"
     doc.write_text("# Performance\n\nkept\n")
     assert evaluation.main(["--tasks", "2", "--steps", "1", "--shots", "1", "--channels", "4", "--repeats", "1",

@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from innerloop.bench import peers
+from innerloop.bench import child, peers
 from innerloop.bench.peers import (
     GRAD_REFERENCE,
     PEERS,
@@ -159,7 +159,7 @@ def test_the_command_compares_ours_auto_with_the_float64_reference(monkeypatch, 
         return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr="")
 
     before = torch.get_num_threads()
-    monkeypatch.setattr(peers.cli, "subprocess", types.SimpleNamespace(run=in_process))
+    monkeypatch.setattr(child, "subprocess", types.SimpleNamespace(run=in_process))
     try:
         assert peers.main(["--libraries", "pytorch", "ours:auto", "--rows", "1shot-fo", "--meta-batch", "2",
                            "--steps", "1", "--channels", "4", "--repeats", "0", "--threads", "1",

@@ -16,13 +16,13 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from innerloop.bench.child import run_child
 from innerloop.bench.device import memory_kind, peak_mb, refuse_unavailable
 from innerloop.bench.eval_cases import IMPLEMENTATIONS, EvalCase, run_case
 from innerloop.bench.sections import write_section
@@ -45,19 +45,19 @@ def _child(impl: str, shots: int, a: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "innerloop.bench.evaluation", "--case", impl, "--shots", str(shots),
            "--tasks", str(a.tasks), "--steps", str(a.steps), "--channels", str(a.channels),
            "--threads", str(a.threads), "--repeats", str(a.repeats), "--device", a.device]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        err = r.stderr.strip().splitlines()
-        return {"impl": impl, "shots": shots, "failed": err[-1] if err else f"exit {r.returncode}"}
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_child(cmd)
+    return {"impl": impl, "shots": shots, "failed": out} if isinstance(out, str) else out
+
+
+def _mean_accuracy(r: dict) -> float:
+    return sum(r["accuracies"]) / max(len(r["accuracies"]), 1)
 
 
 def _line(r: dict) -> str:
     if "failed" in r:
         return f"failed: {r['failed']}"
-    mean = sum(r["accuracies"]) / max(len(r["accuracies"]), 1)
     speed = f"{r['median_s']:>9.3f} s  {r['tasks_per_s']:>7.1f} tasks/s" if r["times_s"] else f"{'untimed':>27}"
-    return f"{speed}  {peak_mb(r):>6.0f} MB  accuracy {mean:.4f}"
+    return f"{speed}  {peak_mb(r):>6.0f} MB  accuracy {_mean_accuracy(r):.4f}"
 
 
 def markdown(rows: list[dict], diffs: dict[int, float], command: str) -> str:
@@ -75,9 +75,8 @@ def markdown(rows: list[dict], diffs: dict[int, float], command: str) -> str:
         if "failed" in r:
             out.append(f"| {r['shots']} | {r['impl']} | failed | | | |")
             continue
-        mean = sum(r["accuracies"]) / max(len(r["accuracies"]), 1)
         speed = f"{r['median_s']:.3f} | {r['tasks_per_s']:.1f}" if r["times_s"] else "untimed | –"
-        out.append(f"| {r['shots']} | {_name(r)} | {speed} | {peak_mb(r):.0f} | {mean:.4f} |")
+        out.append(f"| {r['shots']} | {_name(r)} | {speed} | {peak_mb(r):.0f} | {_mean_accuracy(r):.4f} |")
     out.append("")
     for shots, d in diffs.items():
         o, p = (next(r for r in rows if r["shots"] == shots and r["impl"] == i) for i in IMPLEMENTATIONS)

@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from innerloop.bench.child import run_child
 from innerloop.bench.device import refuse_unavailable
 from innerloop.bench.peers.case import ROWS, Config
 from innerloop.bench.peers.compare import title
@@ -41,13 +41,11 @@ def _child(lib: str, cfg: Config, a: argparse.Namespace, grad_out: str) -> dict:
            "--grad-out", grad_out, "--steps", str(cfg.steps), "--lr", repr(cfg.lr), "--channels", str(cfg.channels),
            "--dtype", cfg.dtype, "--device", cfg.device,
            "--repeats", str(a.repeats), "--warmup", str(a.warmup), "--threads", str(a.threads)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    base = {"library": lib, "row": cfg.row, "meta_batch": cfg.meta_batch, "version": library_version(lib)}
-    if r.returncode != 0:
-        err = r.stderr.strip().splitlines()
-        why = f"signal {-r.returncode}" if r.returncode < 0 else (err[-1] if err else f"exit {r.returncode}")
-        return {**base, "status": "failed", "note": why[:200]}
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_child(cmd)
+    if isinstance(out, str):
+        base = {"library": lib, "row": cfg.row, "meta_batch": cfg.meta_batch, "version": library_version(lib)}
+        return {**base, "status": "failed", "note": out[:200]}
+    return out
 
 
 def machine_info(threads: int) -> dict:
