@@ -26,6 +26,7 @@ from innerloop.bench.child import run_child
 from innerloop.bench.device import memory_kind, peak_mb, refuse_unavailable
 from innerloop.bench.eval_cases import IMPLEMENTATIONS, EvalCase, run_case
 from innerloop.bench.sections import write_section
+from innerloop.experiments.checkpoint import save_text
 
 TAG = "evaluation"
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"ratio (plain ÷ ours) {p['median_s'] / o['median_s']:.2f}; " if o["times_s"] else ""
             print(f"  {ratio}max per-task accuracy difference {diffs[shots]:.2g}", flush=True)
     if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=2))
+        save_text(json.dumps(rows, indent=2), a.json)
     if a.markdown and any("failed" not in r for r in rows):
         write_section(Path(a.markdown), markdown(rows, diffs, "python -m innerloop.bench.evaluation "
                                                  + shlex.join(argv)), tag=TAG)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from innerloop.experiments.checkpoint import save_text
+
 
 def write_section(path: Path, text: str, tag: str = "memory") -> None:
     """Replace the text between ``<!-- tag:start -->`` and ``<!-- tag:end -->`` (appended if absent)."""
@@ -15,4 +17,4 @@ def write_section(path: Path, text: str, tag: str = "memory") -> None:
         new = re.sub(re.escape(start) + ".*?" + re.escape(end) + "\n?", lambda _: body, old, flags=re.S)
     else:
         new = old + ("\n" if old and not old.endswith("\n\n") else "") + body
-    path.write_text(new)
+    save_text(new, path)

@@ -102,6 +102,11 @@ def save_csv(header: list[str], rows: list[list[Any]], path: str | Path) -> None
     _atomic(Path(path), lambda f: f.write(text.encode()))
 
 
+def save_text(text: str, path: str | Path) -> None:
+    """Write a text file whole or not at all (a reader never sees half of it)."""
+    _atomic(Path(path), lambda f: f.write(text.encode()))
+
+
 def save_json(obj: Any, path: str | Path) -> None:
     _atomic(Path(path), lambda f: f.write((json_text(obj, indent=2) + "\n").encode()))
 

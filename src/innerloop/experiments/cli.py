@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (KeyboardInterrupt, Stop) as e:
         stop = e if isinstance(e, Stop) else Stop(signal.SIGINT)
-        _say(f"interrupted by {stop.name}")
+        _say(f"interrupted by {stop.name}" + (f": {stop.detail}" if stop.detail else ""))
         return stop.status
     except OSError as e:  # a file system refusal no check foresaw (disk full, permissions, ...)
         where = f": {e.filename}" if e.filename else ""

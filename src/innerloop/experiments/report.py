@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from innerloop.errors import UserError
+from innerloop.experiments.checkpoint import save_text
 from innerloop.experiments.config import ConfigError
 from innerloop.experiments.plot import validation_curves_figure
 from innerloop.experiments.plot_cli import draw
@@ -191,5 +192,5 @@ def write_report(names: list[str], results_root: str | Path, out: str | Path, *,
         "",
         *sections,
     ]
-    path.write_text("\n".join(parts))
+    save_text("\n".join(parts), path)
     return path

@@ -3,7 +3,8 @@ then write a results report.
 
 Each row trains in its own process (``python -m innerloop train``), so its wall-clock and peak
 memory are its own; a row may name its own ``base``. Finished rows (``test.json`` present) are
-skipped; interrupted ones resume.
+skipped; interrupted ones resume. A stop (Ctrl-C, SIGTERM) stops every run at a checkpoint and
+starts no new one (:mod:`innerloop.experiments.child_runs`).
 Results go to ``results/<table>/<row>/`` (run directories), ``results/<table>.json`` and
 ``results/<table>.md``.
 """
@@ -18,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from innerloop.experiments.checkpoint import save_json
+from innerloop.experiments.checkpoint import save_json, save_text
+from innerloop.experiments.child_runs import ChildRuns, stopped_by
 from innerloop.experiments.config import ConfigError, load, to_dict
 from innerloop.experiments.tables import (
     Row,
@@ -136,12 +138,16 @@ def run_result(run_dir: Path, seed: int | None) -> dict[str, Any]:
 
 
 def run_one(table_path: Path, table: Table, row: Row, scale: str, out: Path, seed: int | None, run_dir: Path,
-            threads: int | None = None, run_overrides: list[str] | None = None) -> dict[str, Any]:
-    """Train (or resume, or extend) one seed of a row; its result, or ``failed`` with the log.
+            children: ChildRuns, threads: int | None = None, run_overrides: list[str] | None = None
+            ) -> dict[str, Any]:
+    """Train (or resume, or extend) one seed of a row; its result, ``failed`` with the log, or
+    ``stopped`` (a stop came: see :mod:`~innerloop.experiments.child_runs`).
     ``run_overrides`` (only keys of :data:`HOW_RUN`, e.g. ``train.device=cuda``) come last."""
     state, _ = run_state(table_path, table, row, scale, seed, run_dir)
     if state == "done":
         return {**run_result(run_dir, seed), "skipped": True}
+    if children.signal is not None:
+        return {"stopped": True}
     if state == "extend":  # keep the shorter run's test result beside the resumed run
         test = run_dir / "test.json"
         iters = json.loads(test.read_text()).get("iterations")
@@ -165,9 +171,11 @@ def run_one(table_path: Path, table: Table, row: Row, scale: str, out: Path, see
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    if r.returncode != 0 or not (run_dir / "test.json").exists():
-        return {"failed": True, "log": str(log), "returncode": r.returncode}
+        code = children.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if code is None or stopped_by(code) is not None:
+        return {"stopped": True}
+    if code != 0 or not (run_dir / "test.json").exists():
+        return {"failed": True, "log": str(log), "returncode": code}
     return run_result(run_dir, seed)
 
 
@@ -226,13 +234,14 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
         set_aside(d)
     threads = 1 if jobs > 1 else None
     results: dict[str, dict[str, Any]] = {}
-    with ThreadPoolExecutor(max_workers=jobs) as ex:
+    with ChildRuns() as children, ThreadPoolExecutor(max_workers=jobs) as ex:
         # upper-bound rows may start from a trained row's θ0, so they run once the trained rows are done
         for phase in ([x for x in runs if x[0].kind == "train"], [x for x in runs if x[0].kind != "train"]):
-            done = list(ex.map(lambda x: run_one(table_path, table, x[0], scale, out, x[1], x[2], threads,
-                                                 run_overrides), phase))
+            done = list(ex.map(lambda x: run_one(table_path, table, x[0], scale, out, x[1], x[2], children,
+                                                 threads, run_overrides), phase))
             for r in {x[0].name: x[0] for x in phase}.values():
                 results[r.name] = row_result([res for x, res in zip(phase, done, strict=True) if x[0] is r])
+    children.raise_if_stopped()  # the report is written by the run that finishes (or by --collect)
     report = {"title": table.title, "table": str(table_path), "scale": scale,
               "scale_overrides": table.scale[scale], "notes": table.notes, "rows": []}
     if table.x_label:
@@ -248,7 +257,7 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
         report["rows"].append({"name": r.name, "label": r.label or r.name, "paper": r.paper,
                                "overrides": r.overrides, "seeds_planned": row_seeds(table, r), **plot, **res})
     save_json(report, Path(out_root) / f"{name}.json")
-    (Path(out_root) / f"{name}.md").write_text(markdown(report))
+    save_text(markdown(report), Path(out_root) / f"{name}.md")
     return report
 
 

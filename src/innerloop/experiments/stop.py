@@ -21,9 +21,11 @@ class Stop(BaseException):
     """A stop signal was received. A BaseException, like KeyboardInterrupt: no ``except Exception``
     on the way out swallows it."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, detail: str = ""):
         super().__init__(NAMES.get(signum, f"signal {signum}"))
         self.signum = signum
+        #: what the stop left behind, said after the signal's name (e.g. by reproduce)
+        self.detail = detail
 
     @property
     def name(self) -> str:

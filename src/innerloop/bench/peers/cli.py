@@ -32,6 +32,7 @@ from innerloop.bench.peers.libraries import (
 from innerloop.bench.peers.measure import grad_diff, run_case
 from innerloop.bench.peers.ours import ours_path_problem
 from innerloop.bench.peers.table import case_line, markdown, summary, write_section
+from innerloop.experiments.checkpoint import save_text
 
 DESCRIPTION = "Peers benchmark: MAML meta-steps of learn2learn, higher and TorchOpt next to ours."
 
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(summary(results, libs, a.rows, a.meta_batch))
     if a.json:
-        Path(a.json).write_text(json.dumps({"machine": info, "results": results}, indent=2))
+        save_text(json.dumps({"machine": info, "results": results}, indent=2), a.json)
     if a.markdown:
         command = "python -m innerloop.bench.peers " + shlex.join(argv if argv is not None else sys.argv[1:])
         write_section(a.markdown, markdown(results, info, libs, command))

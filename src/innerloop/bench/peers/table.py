@@ -20,6 +20,7 @@ from innerloop.bench.peers.compare import (
     worst_line,
 )
 from innerloop.bench.peers.libraries import GRAD_REFERENCE, PEERS, REFERENCE, column_title
+from innerloop.experiments.checkpoint import save_text
 
 SECTION_START = "<!-- peers:start -->"
 SECTION_END = "<!-- peers:end -->"
@@ -128,7 +129,7 @@ def write_section(path: str | Path, body: str) -> None:
     else:
         sep = "\n\n" if text.strip() else ""
         new = text.rstrip("\n") + sep + f"{SECTION_TITLE}\n\n{SECTION_START}\n{body}\n{SECTION_END}\n"
-    p.write_text(new)
+    save_text(new, p)
 
 
 def summary(results: list[dict], libs: list[str], rows: list[str], meta_batches: list[int]) -> str:
