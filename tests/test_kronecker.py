@@ -284,6 +284,30 @@ def test_kfo_inner_adaptation_matches_hand_unrolled_reference(name, steps, first
         torch.testing.assert_close(vres[k][0], adapted[k], rtol=1e-12, atol=1e-13, msg=k)
 
 
+@pytest.mark.parametrize("name, psd", [("klin", True), ("klin", False), ("kfc", True), ("kfc", False)])
+def test_transform_all_stacks_equal_shapes_and_equals_each_tensor_alone(name, psd):
+    """transform_all computes equal-shaped tensors as one stack; it equals transform tensor by tensor,
+    in value and in the gradients to ξ and to g (float64), for every kind of view."""
+    shapes = {"c1": (3, 2, 2, 2), "c2": (3, 2, 2, 2), "w1": (4, 5), "w2": (4, 5), "b1": (4,), "b2": (4,),
+              "b3": (4,), "s1": (), "s2": (), "one": (1,), "lone": (6,)}
+    rule = build(name, shapes, psd=psd)
+    randomize(rule, seed=3, scale=0.2)
+    gen = torch.Generator().manual_seed(4)
+    grads = {k: torch.randn(s, generator=gen, dtype=DT, requires_grad=True) for k, s in shapes.items()}
+    xi = rule.meta_xi(shapes)
+    together = rule.transform_all(xi, grads)
+    alone = {k: rule.transform(k, xi[k], g) for k, g in grads.items()}
+    assert list(together) == list(shapes)
+    w = {k: torch.randn(s, generator=gen, dtype=DT) for k, s in shapes.items()}
+    leaves = [*grads.values(), *rule.parameters()]
+    for k in shapes:
+        torch.testing.assert_close(together[k], alone[k], rtol=1e-12, atol=1e-14, msg=k)
+    d_together = torch.autograd.grad(sum((together[k] * w[k]).sum() for k in w), leaves)
+    d_alone = torch.autograd.grad(sum((alone[k] * w[k]).sum() for k in w), leaves)
+    for a, b in zip(d_together, d_alone, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("name", ["klin", "kfc"])
 def test_kfo_without_transform_adaptation_keeps_xi(name):
     model = tiny_model()

@@ -84,7 +84,8 @@ def psd_sandwich(left: Tensor, g: Tensor, right: Tensor) -> Tensor:
 
     Forming ``RᵀR`` costs ``m³``; applying ``R`` then ``Rᵀ`` costs ``2 b n m²``. For a linear head
     on images (``n`` = 5 classes, ``m`` = 784 pixels, ``b = 1``) the Gram matrix is ~100× the work,
-    so it is formed only when ``m < b n`` (and ``LᵀL`` only when ``n < b m``)."""
-    b, n, m = g.shape
+    so it is formed only when ``m < b n`` (and ``LᵀL`` only when ``n < b m``). Leading dimensions
+    before ``b`` are a stack of such problems (the factors then ``[G, 1, n, n]`` and ``[G, 1, m, m]``)."""
+    b, n, m = g.shape[-3:]
     g = gram(left) @ g if n < b * m else left.mT @ (left @ g)
     return g @ gram(right) if m < b * n else (g @ right.mT) @ right
