@@ -25,6 +25,7 @@ from innerloop.errors import UserError
 from innerloop.experiments import distributed
 from innerloop.experiments.build import resolve_device
 from innerloop.experiments.config import ConfigError, load
+from innerloop.experiments.plan import plan, plan_text
 from innerloop.experiments.plot_cli import add_plot_parser, run_plot
 from innerloop.experiments.report import write_report
 from innerloop.experiments.reproduce import markdown, reproduce
@@ -105,6 +106,11 @@ def cmd_reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.plan:
+        if args.collect or args.smoke:
+            raise ConfigError("--plan trains nothing: it does not combine with --collect or --smoke")
+        print(plan_text(plan(args.table, scale=args.scale, out_root=args.out, only=args.rows), args.scale), end="")
+        return 0
     device = _device_overrides(args)
     report = reproduce(args.table, scale=args.scale, out_root=args.out, jobs=args.jobs, only=args.rows,
                        restart_stale=args.restart_stale, smoke=args.smoke, collect=args.collect, run_overrides=device)
@@ -298,6 +304,8 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--rows", nargs="+", help="only these row names")
     r.add_argument("--collect", action="store_true", help="train nothing: rewrite results/<table>.json and .md "
                    "from the finished runs on disk (after a table file's notes or rows changed)")
+    r.add_argument("--plan", action="store_true", help="train nothing: list each run's state, iterations left and "
+                   "the time they take at the speed measured so far")
     r.add_argument("--smoke", action="store_true", help="one meta-step per row, one seed, 2 validation and 2 "
                    "test tasks: check that the rows build and run (write to a scratch --out)")
     r.add_argument("--restart-stale", action="store_true", help="runs whose stored config differs from the "

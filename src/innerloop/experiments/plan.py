@@ -1,0 +1,116 @@
+"""``innerloop reproduce TABLE --plan``: what is left to train in a table, and about how long it takes.
+
+Nothing is trained or written. Each run of each row (one per training seed) is listed with its
+state (:func:`~innerloop.experiments.reproduce.run_state`), the iteration it reached (its last
+logged training row) and the iterations its row asks for. Speed is the run's own clock over its
+iterations (``seconds`` in ``metrics.jsonl``, validation included), or else the mean of the other
+seeds of the row that have one; a run with neither is "unknown". Times are one run after another
+on this machine's speed when the runs were measured: with ``--jobs N`` the wall clock is about 1/N
+of the total if the machine has the cores.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from innerloop.experiments.config import ConfigError
+from innerloop.experiments.reproduce import run_dirs, run_state
+from innerloop.experiments.tables import read_table, resolve_table, row_config, runs_at
+
+
+@dataclass
+class RunPlan:
+    row: str
+    seed: int | None
+    state: str  # done / partial / extend / new / stale, or "scale" for a row that does not run at this scale
+    iteration: int
+    iterations: int
+    seconds_per_iteration: float | None
+
+    @property
+    def remaining(self) -> int:
+        if self.state in ("done", "scale"):
+            return 0
+        if self.state == "stale":  # set aside and trained again from the start (--restart-stale)
+            return self.iterations
+        return max(0, self.iterations - self.iteration)
+
+    @property
+    def seconds_left(self) -> float | None:
+        if self.remaining == 0:
+            return 0.0
+        return None if self.seconds_per_iteration is None else self.remaining * self.seconds_per_iteration
+
+
+def progress(run_dir: Path) -> tuple[int, float | None]:
+    """The last logged training iteration of a run and its clock's seconds per iteration (None before one)."""
+    path = run_dir / "metrics.jsonl"
+    last: dict = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "loss" in row and "iteration" in row:
+                last = row
+    it = int(last.get("iteration", 0))
+    secs = last.get("seconds")
+    return it, (float(secs) / it if it and isinstance(secs, int | float) else None)
+
+
+def plan(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "results",
+         only: list[str] | None = None) -> list[RunPlan]:
+    table_path = resolve_table(table_path)
+    table = read_table(table_path)
+    unknown = sorted(set(only or []) - {r.name for r in table.row})
+    if unknown:
+        raise ConfigError(f"{table_path}: no row named {', '.join(unknown)} "
+                          f"(rows: {', '.join(r.name for r in table.row)})")
+    if scale not in table.scale:
+        raise ConfigError(f"{table_path} has no scale {scale!r} (it has: {', '.join(table.scale)})")
+    out = Path(out_root) / table_path.stem
+    runs: list[RunPlan] = []
+    for row in table.row:
+        if only and row.name not in only:
+            continue
+        if not runs_at(row, scale):
+            runs.append(RunPlan(row.name, None, "scale", 0, 0, None))
+            continue
+        target = row_config(table_path, table, row, scale).train.iterations
+        mine = []
+        for seed, d in run_dirs(out, table, row):
+            state, _ = run_state(table_path, table, row, scale, seed, d)
+            it, speed = progress(d) if state != "new" else (0, None)
+            mine.append(RunPlan(row.name, seed, state, it, target, speed))
+        known = [r.seconds_per_iteration for r in mine if r.seconds_per_iteration is not None]
+        for r in mine:
+            if r.seconds_per_iteration is None and known:
+                r.seconds_per_iteration = sum(known) / len(known)
+        runs += mine
+    return runs
+
+
+def _hours(seconds: float | None) -> str:
+    return "unknown" if seconds is None else f"{seconds / 3600:.1f} h"
+
+
+def plan_text(runs: list[RunPlan], scale: str) -> str:
+    lines = ["| row | seed | state | iteration | of | s / iteration | left |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        if r.state == "scale":
+            lines.append(f"| {r.row} | | runs at another scale than {scale} | | | | |")
+            continue
+        speed = "" if r.seconds_per_iteration is None else f"{r.seconds_per_iteration:.2f}"
+        seed = "" if r.seed is None else str(r.seed)
+        lines.append(f"| {r.row} | {seed} | {r.state} | {r.iteration} | {r.iterations} | {speed} | "
+                     f"{_hours(r.seconds_left)} |")
+    todo = [r for r in runs if r.remaining]
+    known = sum(r.seconds_left for r in todo if r.seconds_left is not None)
+    unknown = sum(1 for r in todo if r.seconds_left is None)
+    lines += ["", f"{len(todo)} run(s) to train, {sum(r.remaining for r in todo)} iterations: "
+              f"{known / 3600:.1f} h one after another for those with a measured speed"
+              + (f", {unknown} with no speed yet" if unknown else "") + "."]
+    return "\n".join(lines) + "\n"
