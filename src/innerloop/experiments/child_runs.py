@@ -37,7 +37,7 @@ class ChildRuns:
     def __init__(self):
         self.signal: int | None = None
         self._running: set[subprocess.Popen] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the signal handler may interrupt the main thread inside stop()
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> ChildRuns:
