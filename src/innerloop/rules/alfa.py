@@ -194,19 +194,27 @@ class ALFA(UpdateRule):
         if step > self.num_steps:
             raise ValueError(f"ALFA was built for {self.num_steps} steps but asked for step {step}")
         alpha1, beta1 = self.generate(params, grads)
-        updates, alphas, betas = {}, [], []
+        keys = [safe_key(k) for k in self.names]
+        alpha = alpha1 * torch.stack([self.alpha0[k] for k in keys])[:, step]  # [N]
+        beta = beta1 * torch.stack([self.beta0[k] for k in keys])[:, step]
+        # Tensors of one shape are updated as one stack: the arithmetic is elementwise, so each value
+        # is the one a per-tensor update gives, bit for bit, with a few operators instead of a few per
+        # tensor (a 4-CONV has 18 adapted tensors in 5 shapes).
+        groups: dict[torch.Size, list[int]] = {}
         for i, k in enumerate(self.names):
-            key = safe_key(k)
-            alpha = alpha1[i] * self.alpha0[key][step]
-            beta = beta1[i] * self.beta0[key][step]
-            decay = beta * self.decay[key] if self.decay is not None else beta
+            groups.setdefault(params[k].shape, []).append(i)
+        updates: dict[str, Tensor] = {}
+        for idx in groups.values():
+            names = [self.names[i] for i in idx]
+            theta, g = torch.stack([params[k] for k in names]), torch.stack([grads[k] for k in names])
+            per = (len(idx),) + (1,) * (theta.dim() - 1)
+            a, b = alpha[idx].reshape(per), beta[idx].reshape(per)
+            decay = b * torch.stack([self.decay[safe_key(k)] for k in names]) if self.decay is not None else b
             # −(decay ⊙ θ) − α g, not ((1 − decay) ⊙ θ − α g) − θ: the same update without the rounding
             # of a subtraction, so that decay = 0 and α = lr give plain SGD bit for bit
-            updates[k] = -(decay * params[k]) - alpha * grads[k]
-            alphas.append(alpha)
-            betas.append(beta)
+            updates.update(zip(names, (-(decay * theta) - a * g).unbind(0), strict=True))
         # the state only feeds report(): keep it out of the graph
-        return updates, ALFAState(torch.stack(alphas).detach(), torch.stack(betas).detach())
+        return {k: updates[k] for k in self.names}, ALFAState(alpha.detach(), beta.detach())
 
     def report(self, state: ALFAState) -> dict[str, Tensor]:
         out = {f"alpha.{k}": state.alpha[i] for i, k in enumerate(self.names)}
