@@ -7,6 +7,7 @@ import shutil
 from innerloop.experiments.cli import main
 from innerloop.experiments.plan import plan
 from innerloop.experiments.reproduce import reproduce
+from test_reproduce import BASE
 
 TABLE = """
 title = "tiny"
@@ -24,17 +25,6 @@ scales = ["paper"]
 overrides = ["rule.name=meta_sgd"]
 """
 
-BASE = """
-[model]
-hidden = [4]
-[task]
-query = 5
-[train]
-meta_batch = 2
-val_tasks = 3
-[eval]
-tasks = 4
-"""
 
 
 def _table(tmp_path, iterations):

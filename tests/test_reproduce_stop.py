@@ -14,6 +14,7 @@ import time
 import pytest
 
 from innerloop.experiments.child_runs import stopped_by
+from test_reproduce import BASE as TINY_BASE
 
 TABLE = """
 title = "tiny"
@@ -28,18 +29,7 @@ name = "second"
 overrides = ["rule.name=meta_sgd"]
 """
 
-BASE = """
-[model]
-hidden = [4]
-[task]
-query = 5
-[train]
-meta_batch = 2
-val_tasks = 3
-checkpoint_every = 1
-[eval]
-tasks = 4
-"""
+BASE = TINY_BASE.replace("[train]\n", "[train]\ncheckpoint_every = 1\n")
 
 
 def _table(tmp_path, iterations):

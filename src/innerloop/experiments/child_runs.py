@@ -14,12 +14,11 @@ reaches each run exactly once (a second signal makes ``train`` abandon its itera
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import threading
 from typing import Any
 
-from innerloop.experiments.stop import NAMES, Stop
+from innerloop.experiments.stop import NAMES, Stop, StopHandler
 
 
 def stopped_by(returncode: int) -> int | None:
@@ -30,26 +29,15 @@ def stopped_by(returncode: int) -> int | None:
     return None
 
 
-class ChildRuns:
+class ChildRuns(StopHandler):
     """Start runs with :meth:`run` (from any thread) inside ``with ChildRuns() as runs:``; after the
     block, :meth:`raise_if_stopped` raises :class:`Stop` if a stop came."""
 
     def __init__(self):
+        super().__init__()
         self.signal: int | None = None
         self._running: set[subprocess.Popen] = set()
         self._lock = threading.RLock()  # the signal handler may interrupt the main thread inside stop()
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> ChildRuns:
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            for s in NAMES:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._previous.items():
-            signal.signal(s, h)
-        self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
         self.stop(signum)

@@ -37,15 +37,15 @@ class Stop(BaseException):
         return 128 + self.signum
 
 
-class StopSignals:
+class StopHandler:
+    """While entered, SIGINT and SIGTERM call :meth:`_handle`; the previous handlers come back on exit.
+    Handlers can only be set from the main thread; elsewhere (a library caller's worker thread)
+    signals keep their default behaviour."""
+
     def __init__(self):
-        self.pending: int | None = None
-        self._deferring = False
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> StopSignals:
-        # handlers can only be set from the main thread; elsewhere (a library caller's worker
-        # thread) signals keep their default behaviour
+    def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for s in NAMES:
                 self._previous[s] = signal.signal(s, self._handle)
@@ -55,6 +55,16 @@ class StopSignals:
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        raise NotImplementedError
+
+
+class StopSignals(StopHandler):
+    def __init__(self):
+        super().__init__()
+        self.pending: int | None = None
+        self._deferring = False
 
     def _handle(self, signum: int, frame) -> None:
         if self._deferring and self.pending is None:
