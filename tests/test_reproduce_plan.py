@@ -33,7 +33,7 @@ def _table(tmp_path, iterations):
     return tmp_path / "tiny.toml"
 
 
-def test_plan_lists_new_done_and_extended_runs_and_trains_nothing(tmp_path, capsys):
+def test_plan_lists_new_done_and_extended_runs_borrows_speeds_and_trains_nothing(tmp_path, capsys):
     table, out = _table(tmp_path, 2), tmp_path / "res"
     runs = plan(table, out_root=out)
     assert [(r.row, r.seed, r.state, r.remaining) for r in runs] == [
@@ -57,13 +57,9 @@ def test_plan_lists_new_done_and_extended_runs_and_trains_nothing(tmp_path, caps
     assert (out / "tiny" / "sgd" / "seed0" / "test.json").exists()
     assert not (out / "tiny" / "sgd" / "seed0" / "test-2-iterations.json").exists()  # nothing was extended
 
-
-def test_a_run_without_a_speed_borrows_its_row_mates(tmp_path):
-    table, out = _table(tmp_path, 2), tmp_path / "res"
-    reproduce(table, out_root=out, only=["sgd"])
-    shutil.rmtree(out / "tiny" / "sgd" / "seed1")  # seed 1 as if never started
+    shutil.rmtree(out / "tiny" / "sgd" / "seed1")  # seed 1 as if never started: it borrows seed 0's speed
     runs = plan(table, out_root=out, only=["sgd"])
-    assert [r.state for r in runs] == ["done", "new"]
+    assert [r.state for r in runs] == ["extend", "new"]
     assert runs[1].seconds_per_iteration == runs[0].seconds_per_iteration
 
 
