@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 _SEP = "__"
+
+
+def group_by_shape(names: Iterable[str], shape_of: Callable[[str], tuple]) -> list[list[str]]:
+    """``names`` grouped by ``shape_of(name)``, in order of first appearance (the rules and the
+    mirror map compute the tensors of one group as one stack)."""
+    groups: dict[tuple, list[str]] = {}
+    for n in names:
+        groups.setdefault(tuple(shape_of(n)), []).append(n)
+    return list(groups.values())
 
 
 def safe_key(name: str) -> str:

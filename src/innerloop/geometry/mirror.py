@@ -82,7 +82,7 @@ from torch import Tensor, nn
 
 from innerloop.geometry.base import Geometry, GeometryConfig, register_geometry
 from innerloop.geometry.blocks import adapted_blocks
-from innerloop.params import safe_key
+from innerloop.params import group_by_shape, safe_key
 from innerloop.rules.base import BuildContext
 from innerloop.rules.kronecker import mode_product
 from innerloop.types import Params
@@ -152,14 +152,6 @@ def stacked_mode_linear(x: Tensor, layers: Sequence[ModeLinear]) -> Tensor:
         y = torch.bmm(mats, x.reshape(g, shape[k], -1))  # [G, m_k, the other modes]
         x = torch.movedim(y.reshape(g, mats.shape[1], *x.shape[2:]), 1, -1)
     return x + torch.stack([layer.bias for layer in layers])
-
-
-def by_shape(names: Sequence[str], shape_of) -> list[list[str]]:
-    """``names`` grouped by ``shape_of(name)``, in order of first appearance."""
-    groups: dict[tuple, list[str]] = {}
-    for n in names:
-        groups.setdefault(tuple(shape_of(n)), []).append(n)
-    return list(groups.values())
 
 
 class Encoder(nn.Module):
@@ -278,10 +270,10 @@ class MirrorMap(Geometry):
         self.decoders = nn.ModuleList(decoders)
         # what forward computes together: encoders, and tensor decoders, of tensors of one shape
         encoded = [n for block in self.blocks[:-1] for n in block]
-        self._encoder_groups = by_shape(encoded, lambda n: mode_shape(shapes[n]))
+        self._encoder_groups = group_by_shape(encoded, lambda n: mode_shape(shapes[n]))
         self._tensor_decoder = {n: dec for block, d in zip(self.blocks[1:], self.decoders, strict=True)
                                 for n, dec in zip(block, d.tensors, strict=True)}
-        self._decoder_groups = by_shape(list(self._tensor_decoder), lambda n: shapes[n])
+        self._decoder_groups = group_by_shape(list(self._tensor_decoder), lambda n: shapes[n])
 
     def sigma(self, a: Tensor) -> Tensor:
         return torch.exp(a) if self.scale == "exp" else 2.0 * torch.sigmoid(a)

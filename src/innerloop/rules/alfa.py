@@ -54,7 +54,7 @@ import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat
 from torch import Tensor, nn
 
-from innerloop.params import per_tensor_parameters, safe_key
+from innerloop.params import group_by_shape, per_tensor_parameters, safe_key
 from innerloop.rules.base import BuildContext, RuleConfig, UpdateRule, register_rule
 from innerloop.types import Params
 
@@ -126,6 +126,7 @@ class ALFA(UpdateRule):
             raise ValueError(f"state_input must be 'both', 'weights' or 'gradients', got {state_input!r}")
         self.state_input = state_input
         self.names = list(shapes)
+        self.index = {k: i for i, k in enumerate(self.names)}
         self.num_steps = int(num_steps)
         self.random_init = bool(random_init)
         self.detach_grad_input = bool(detach_grad_input)
@@ -200,12 +201,9 @@ class ALFA(UpdateRule):
         # Tensors of one shape are updated as one stack: the arithmetic is elementwise, so each value
         # is the one a per-tensor update gives, bit for bit, with a few operators instead of a few per
         # tensor (a 4-CONV has 18 adapted tensors in 5 shapes).
-        groups: dict[torch.Size, list[int]] = {}
-        for i, k in enumerate(self.names):
-            groups.setdefault(params[k].shape, []).append(i)
         updates: dict[str, Tensor] = {}
-        for idx in groups.values():
-            names = [self.names[i] for i in idx]
+        for names in group_by_shape(self.names, lambda k: params[k].shape):
+            idx = [self.index[k] for k in names]
             theta, g = torch.stack([params[k] for k in names]), torch.stack([grads[k] for k in names])
             per = (len(idx),) + (1,) * (theta.dim() - 1)
             a, b = alpha[idx].reshape(per), beta[idx].reshape(per)

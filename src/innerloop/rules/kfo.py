@@ -64,7 +64,7 @@ import torch
 from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from innerloop.params import per_tensor_parameters, safe_key
+from innerloop.params import group_by_shape, per_tensor_parameters, safe_key
 from innerloop.rules.base import BuildContext, RuleConfig, UpdateRule, register_rule
 from innerloop.rules.kronecker import kron_sandwich, matrix_dims, psd_sandwich
 
@@ -147,28 +147,29 @@ class KroneckerOptimizer(UpdateRule):
         if self.normalize:
             norm = torch.linalg.vector_norm(g)  # differentiable at g = 0 (gradient 0 there)
             x = x / (norm + self.eps)
-        for i in range(self.depths[name]):
-            if i:
-                x = torch.relu(x)
-            left, right = xi[f"L{i}"], xi[f"R{i}"]
-            x = psd_sandwich(left, x, right) if self.psd else kron_sandwich(left, x, right)
-        u = x.reshape(g.shape)
+        u = self._maps(x, xi.__getitem__, self.depths[name]).reshape(g.shape)
         if self.normalize:
             u = norm * u
         if self.has_scale:
             u = xi["s"] * u
         return u
 
+    def _maps(self, x: Tensor, factor, depth: int) -> Tensor:
+        """The ``depth`` Kronecker maps with ReLU between them; ``factor("L0")`` etc. gives the factors."""
+        for i in range(depth):
+            if i:
+                x = torch.relu(x)
+            left, right = factor(f"L{i}"), factor(f"R{i}")
+            x = psd_sandwich(left, x, right) if self.psd else kron_sandwich(left, x, right)
+        return x
+
     def transform_all(self, xi: Xi, grads: dict[str, Tensor]) -> dict[str, Tensor]:
         """``U_ξ(g)`` for every tensor of ``grads``: tensors of one shape as one stacked computation
         (per-tensor norms, factors and scales, so each equals :meth:`transform` up to rounding).
         A KFC step runs dozens of small matrix products per tensor; one stack for the many
         equal-shaped biases and norm parameters of a CNN saves most of their dispatch."""
-        groups: dict[torch.Size, list[str]] = {}
-        for k, g in grads.items():
-            groups.setdefault(g.shape, []).append(k)
         out: dict[str, Tensor] = {}
-        for names in groups.values():
+        for names in group_by_shape(grads, lambda k: grads[k].shape):
             if len(names) == 1:
                 out[names[0]] = self.transform(names[0], xi[names[0]], grads[names[0]])
                 continue
@@ -178,11 +179,7 @@ class KroneckerOptimizer(UpdateRule):
                 norm = torch.linalg.vector_norm(x, dim=(1, 2, 3), keepdim=True)
                 x = x / (norm + self.eps)
             stacked = lambda p, names=names: torch.stack([xi[k][p] for k in names])
-            for i in range(self.depths[names[0]]):
-                if i:
-                    x = torch.relu(x)
-                left, right = stacked(f"L{i}").unsqueeze(1), stacked(f"R{i}").unsqueeze(1)
-                x = psd_sandwich(left, x, right) if self.psd else kron_sandwich(left, x, right)
+            x = self._maps(x, lambda p, stacked=stacked: stacked(p).unsqueeze(1), self.depths[names[0]])
             if self.normalize:
                 x = norm * x
             if self.has_scale:
