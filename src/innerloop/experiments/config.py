@@ -340,3 +340,16 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Config:
 
 def to_dict(cfg: Config) -> dict:
     return cfg.model_dump(mode="json")
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys present in both configs whose values differ (a key only one side has is an option added
+    or removed since, whose default keeps the old behaviour)."""
+    out = []
+    for k in sorted(set(a) & set(b)):
+        key = f"{prefix}{k}"
+        if isinstance(a[k], dict) and isinstance(b[k], dict):
+            out += config_diff(a[k], b[k], key + ".")
+        elif a[k] != b[k]:
+            out.append(key)
+    return out

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from innerloop.experiments.config import ConfigError
 from innerloop.experiments.reproduce import run_dirs, run_state
-from innerloop.experiments.tables import read_table, resolve_table, row_config, runs_at
+from innerloop.experiments.tables import read_table, resolve_table, row_config, runs_at, shared_owner
 
 
 @dataclass
@@ -71,7 +71,6 @@ def plan(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "
                           f"(rows: {', '.join(r.name for r in table.row)})")
     if scale not in table.scale:
         raise ConfigError(f"{table_path} has no scale {scale!r} (it has: {', '.join(table.scale)})")
-    out = Path(out_root) / table_path.stem
     runs: list[RunPlan] = []
     for row in table.row:
         if only and row.name not in only:
@@ -80,11 +79,13 @@ def plan(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "
             runs.append(RunPlan(row.name, None, "scale", 0, 0, None))
             continue
         target = row_config(table_path, table, row, scale).train.iterations
+        owner_path, owner_table, owner = shared_owner(table_path, table, row, scale)
         mine = []
-        for seed, d in run_dirs(out, table, row):
-            state, _ = run_state(table_path, table, row, scale, seed, d)
+        for seed, d in run_dirs(Path(out_root) / owner_path.stem, owner_table, owner):
+            state, _ = run_state(owner_path, owner_table, owner, scale, seed, d)
             it, speed = progress(d) if state != "new" else (0, None)
-            mine.append(RunPlan(row.name, seed, state, it, target, speed))
+            shown = row.name if row.same_as is None else f"{row.name} (= {row.same_as})"
+            mine.append(RunPlan(shown, seed, state, it, target, speed))
         known = [r.seconds_per_iteration for r in mine if r.seconds_per_iteration is not None]
         for r in mine:
             if r.seconds_per_iteration is None and known:

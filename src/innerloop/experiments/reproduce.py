@@ -21,7 +21,7 @@ from typing import Any
 
 from innerloop.experiments.checkpoint import save_json, save_text
 from innerloop.experiments.child_runs import ChildRuns, stopped_by
-from innerloop.experiments.config import ConfigError, load, to_dict
+from innerloop.experiments.config import ConfigError, config_diff, load, to_dict
 from innerloop.experiments.tables import (
     Row,
     Table,
@@ -32,6 +32,7 @@ from innerloop.experiments.tables import (
     row_overrides,
     row_seeds,
     runs_at,
+    shared_owner,
 )
 from innerloop.experiments.upper_bound import UpperBoundOptions
 from innerloop.experiments.verdict import aggregate, converged
@@ -49,19 +50,6 @@ def run_dirs(out: Path, table: Table, row: Row) -> list[tuple[int | None, Path]]
 
 def _seed_overrides(seed: int | None) -> list[str]:
     return [] if seed is None else [f"train.seed={seed}"]
-
-
-def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys present in both configs whose values differ (a key only one side has is an option added
-    or removed since, whose default keeps the old behaviour)."""
-    out = []
-    for k in sorted(set(a) & set(b)):
-        key = f"{prefix}{k}"
-        if isinstance(a[k], dict) and isinstance(b[k], dict):
-            out += config_diff(a[k], b[k], key + ".")
-        elif a[k] != b[k]:
-            out.append(key)
-    return out
 
 
 EXTENDABLE = {"train.iterations"}  # a finished run may be resumed to more iterations
@@ -158,8 +146,10 @@ def run_one(table_path: Path, table: Table, row: Row, scale: str, out: Path, see
         opts = row.upper_bound or UpperBoundOptions()
         init = None
         if opts.init is not None:
-            init_row = next(r for r in table.row if r.name == opts.init)
-            init = dict(run_dirs(out, table, init_row)).get(seed, run_dirs(out, table, init_row)[0][1])
+            init_path, init_table, init_row = shared_owner(table_path, table,
+                                                           next(r for r in table.row if r.name == opts.init), scale)
+            dirs = run_dirs(out.parent / init_path.stem, init_table, init_row)
+            init = dict(dirs).get(seed, dirs[0][1])
         cmd = [sys.executable, "-m", "innerloop", "upper-bound", str(base), "--out", str(run_dir), "--no-progress",
                *opts.cli_args(init), *overrides]
     else:
@@ -190,8 +180,10 @@ def row_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**aggregate(finished), "runs": finished}
 
 
-def stored_row(table_path: Path, table: Table, row: Row, scale: str, out: Path) -> dict[str, Any]:
+def stored_row(table_path: Path, table: Table, row: Row, scale: str, out_root: Path) -> dict[str, Any]:
     """A row's entry from the runs already on disk (rows not run now): stale runs are not counted."""
+    table_path, table, row = shared_owner(table_path, table, row, scale)
+    out = Path(out_root) / table_path.stem
     runs = []
     for seed, d in run_dirs(out, table, row):
         if (d / "test.json").exists() and run_state(table_path, table, row, scale, seed, d)[0] == "done":
@@ -209,7 +201,8 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
     table_path = resolve_table(table_path)
     table = read_table(table_path)
     if smoke:
-        table = table.model_copy(update={"seeds": 1, "row": [r.model_copy(update={"seeds": 1}) for r in table.row],
+        table = table.model_copy(update={"seeds": 1, "row": [r.model_copy(update={"seeds": 1, "same_as": None})
+                                                                 for r in table.row],
                                          "scale": {k: [*v, *SMOKE] for k, v in table.scale.items()}})
     if scale not in table.scale:
         raise ConfigError(f"{table_path} has no scale {scale!r} (it has: {', '.join(table.scale)})")
@@ -218,16 +211,17 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
         raise ConfigError(f"{table_path}: no row named {', '.join(unknown)} "
                           f"(rows: {', '.join(r.name for r in table.row)})")
     rows = [] if collect else [r for r in table.row if (not only or r.name in only) and runs_at(r, scale)]
-    # validate every row's config before running anything
+    # validate every row's config before running anything; a shared row's runs are its owner's
+    owners = {r.name: shared_owner(table_path, table, r, scale) for r in table.row if runs_at(r, scale)}
     for r in rows:
         row_config(table_path, table, r, scale)
     name = table_path.stem
-    out = Path(out_root) / name
-    runs = [(r, seed, d) for r in rows for seed, d in run_dirs(out, table, r)]
-    stale = [(d, keys) for r, seed, d in runs
-             for state, keys in [run_state(table_path, table, r, scale, seed, d)] if state == "stale"]
+    runs = [(r, owners[r.name], seed, d) for r in rows
+            for seed, d in run_dirs(Path(out_root) / owners[r.name][0].stem, *owners[r.name][1:])]
+    stale = [(d, keys) for _, (tp, t, o), seed, d in runs
+             for state, keys in [run_state(tp, t, o, scale, seed, d)] if state == "stale"]
     if stale and not restart_stale:
-        raise ConfigError(f"{len(stale)} run(s) under {out} were made with another config than the table's now: "
+        raise ConfigError(f"{len(stale)} run(s) under {out_root} were made with another config than the table's now: "
                           + "; ".join(f"{d} ({', '.join(k[:4])})" for d, k in stale[:3])
                           + " — pass --restart-stale to set them aside (renamed *.staleN) and run them again")
     for d, _ in stale:
@@ -237,7 +231,7 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
     with ChildRuns() as children, ThreadPoolExecutor(max_workers=jobs) as ex:
         # upper-bound rows may start from a trained row's θ0, so they run once the trained rows are done
         for phase in ([x for x in runs if x[0].kind == "train"], [x for x in runs if x[0].kind != "train"]):
-            done = list(ex.map(lambda x: run_one(table_path, table, x[0], scale, out, x[1], x[2], children,
+            done = list(ex.map(lambda x: run_one(*x[1], scale, Path(out_root) / x[1][0].stem, x[2], x[3], children,
                                                  threads, run_overrides), phase))
             for r in {x[0].name: x[0] for x in phase}.values():
                 results[r.name] = row_result([res for x, res in zip(phase, done, strict=True) if x[0] is r])
@@ -250,8 +244,10 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
         if not runs_at(r, scale):
             res = {"not_run": True, "why": f"runs at scale {' / '.join(r.scales or [])} only"}
         else:
-            res = results[r.name] if r.name in results else stored_row(table_path, table, r, scale, out)
+            res = results[r.name] if r.name in results else stored_row(table_path, table, r, scale, Path(out_root))
         plot = {k: v for k, v in (("x", r.x), ("series", r.series)) if v is not None}
+        if r.same_as is not None:
+            plot["shared"] = r.same_as
         if r.kind != "train":
             plot["kind"] = r.kind
         report["rows"].append({"name": r.name, "label": r.label or r.name, "paper": r.paper,
@@ -304,4 +300,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['label']} | {r['mean']:.4f} ({r['metric']}) | {sd} | {seeds} | ± {r['ci95']:.4f} | "
                      f"{paper} | {conv} | {val} | {r.get('tasks', '')} | {its if its is not None else ''} | {per} | "
                      f"{t} | {mem} |")
+    shared = [f"{r['label']} = `{r['shared']}`" for r in report["rows"] if r.get("shared")]
+    if shared:
+        lines += ["", "Runs shared with another table's row (the same config but its name, trained once, in that "
+                      "row's directory): " + "; ".join(shared) + "."]
     return "\n".join(lines) + "\n"

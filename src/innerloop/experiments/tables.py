@@ -18,6 +18,11 @@ A table file (TOML) names a base config, per-scale overrides and rows::
     series = "MAML"                         # for `innerloop plot table`: its line / bar group (optional)
     seeds = 1                               # this row's own number of training seeds (optional)
     scales = ["paper"]                      # the only scales this row runs at (optional; default all)
+    same_as = "alfa_table1:maml-conv4-mini-5shot"   # this row is another table's row: trained once, there
+
+``same_as = "TABLE:ROW"`` says a row runs exactly the config of a row of another table in the same
+folder (checked: every key but ``name``, and the seeds): its runs are trained once, under
+``results/TABLE/ROW/``, and both tables report them.
 
 ``seeds = N`` (table-wide, or per row) trains each row N times with ``train.seed`` = 0..N−1, in
 ``results/<table>/<row>/seed<k>/``; with one seed the run directory is ``results/<table>/<row>/``.
@@ -45,7 +50,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, PositiveInt, ValidationError
 
-from innerloop.experiments.config import Config, ConfigError, load
+from innerloop.experiments.config import Config, ConfigError, config_diff, load, to_dict
 from innerloop.experiments.upper_bound import UpperBoundOptions
 
 
@@ -63,6 +68,9 @@ class Row(BaseModel):
     series: str | None = None  # for plots: the line / bar group of the row
     seeds: PositiveInt | None = None  # training seeds of this row (default: the table's)
     scales: list[str] | None = None  # the scales this row runs at (default: all); e.g. a dataset with no substitute
+    # "TABLE:ROW": this row is that row of another table in the same folder (the same config but for its
+    # name): its runs are trained once, in that row's directory, and both tables report them
+    same_as: str | None = Field(default=None, pattern=r"^[^:]+:[^:]+$")
 
 
 class Claim(BaseModel):
@@ -131,6 +139,7 @@ def _check_rows(p: Path, table: Table) -> None:
     """Row kinds, upper-bound options and plot coordinates."""
     kinds = {r.name: r.kind for r in table.row}
     seen: dict[tuple[str | None, float], str] = {}
+    shared: dict[str, str] = {}
     for r in table.row:
         if r.upper_bound is not None and r.kind != "upper_bound":
             raise ConfigError(f"bad table file {p}: row {r.name!r} has upper_bound options but kind = {r.kind!r} "
@@ -139,6 +148,15 @@ def _check_rows(p: Path, table: Table) -> None:
         if init is not None and kinds.get(init) != "train":
             raise ConfigError(f"bad table file {p}: row {r.name!r}: upper_bound.init = {init!r} is not a trained "
                               f"row of this table (rows: {', '.join(n for n, k in kinds.items() if k == 'train')})")
+        if r.same_as is not None and r.kind != "train":
+            raise ConfigError(f"bad table file {p}: row {r.name!r}: same_as is for trained rows (kind = {r.kind!r})")
+        if r.same_as is not None and r.same_as.split(":")[0] == p.stem:
+            raise ConfigError(f"bad table file {p}: row {r.name!r}: same_as = {r.same_as!r} names this table; "
+                              "two rows of one table with one config are one row")
+        if r.same_as is not None:
+            other = shared.setdefault(r.same_as, r.name)
+            if other != r.name:
+                raise ConfigError(f"bad table file {p}: rows {other!r} and {r.name!r} are both same_as {r.same_as!r}")
         if r.x is not None:
             other = seen.setdefault((r.series, r.x), r.name)
             if other != r.name:
@@ -176,6 +194,33 @@ def row_base(table_path: Path, table: Table, row: Row) -> Path:
 def row_config(table_path: Path, table: Table, row: Row, scale: str) -> Config:
     """The validated config a row runs at ``scale`` (nothing is built or trained)."""
     return load(row_base(table_path, table, row), row_overrides(table, row, scale))
+
+
+def shared_owner(table_path: Path, table: Table, row: Row, scale: str) -> tuple[Path, Table, Row]:
+    """The table file, table and row whose runs ``row`` reports: its own, or those its ``same_as`` names,
+    checked to run the same config at ``scale`` (all but the name) with the same seeds."""
+    if row.same_as is None:
+        return table_path, table, row
+    stem, name = row.same_as.split(":")
+    where = f"{table_path}: row {row.name!r}: same_as = {row.same_as!r}"
+    path = Path(table_path).parent / f"{stem}.toml"
+    if not path.is_file():
+        raise ConfigError(f"{where}: no table file {path}")
+    other = read_table(path)
+    owner = next((r for r in other.row if r.name == name), None)
+    if owner is None:
+        raise ConfigError(f"{where}: {path} has no row {name!r} (rows: {', '.join(r.name for r in other.row)})")
+    if owner.same_as is not None:
+        raise ConfigError(f"{where}: that row is itself shared (same_as = {owner.same_as!r}); name {owner.same_as!r}")
+    if scale not in other.scale or not runs_at(owner, scale):
+        raise ConfigError(f"{where}: that row does not run at scale {scale!r}")
+    if row_seeds(table, row) != row_seeds(other, owner):
+        raise ConfigError(f"{where}: {row_seeds(table, row)} seeds here, {row_seeds(other, owner)} there")
+    mine, theirs = (to_dict(row_config(*x, scale)) for x in ((table_path, table, row), (path, other, owner)))
+    differ = [k for k in config_diff(mine, theirs) if k != "name"]
+    if differ:
+        raise ConfigError(f"{where}: the two rows' configs differ at scale {scale!r} in {', '.join(differ[:6])}")
+    return path, other, owner
 
 
 def runs_at(row: Row, scale: str) -> bool:
