@@ -61,22 +61,25 @@ def tables(tmp_path):
     return tmp_path
 
 
-def test_a_shared_row_trains_in_the_owners_directory_once_and_both_tables_report_it(tables):
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_a_shared_row_trains_in_the_owners_directory_once_and_both_tables_report_it(tables, seeds):
+    for t in ("owner", "sharer"):
+        (tables / f"{t}.toml").write_text((tables / f"{t}.toml").read_text().replace("seeds = 2", f"seeds = {seeds}"))
     res = tables / "res"
     shared = reproduce(tables / "sharer.toml", out_root=res)
-    assert sorted(p.name for p in (res / "owner" / "sgd").iterdir() if p.is_dir()) == ["seed0", "seed1"]
-    assert not (res / "sharer" / "plain").exists() and (res / "sharer" / "msgd" / "seed1" / "test.json").is_file()
-    assert json.loads((res / "owner" / "sgd" / "seed0" / "config.json").read_text())["name"] == "sgd"
+    runs = [res / "owner" / "sgd"] if seeds == 1 else [res / "owner" / "sgd" / f"seed{k}" for k in range(seeds)]
+    assert all((d / "test.json").is_file() for d in runs) and not (res / "sharer" / "plain").exists()
+    assert json.loads((runs[0] / "config.json").read_text())["name"] == "sgd"
     plain = shared["rows"][0]
-    assert plain["shared"] == "owner:sgd" and plain["n_seeds"] == 2
+    assert plain["name"] == "plain" and plain["shared"] == "owner:sgd" and plain["n_seeds"] == seeds
     assert "plain SGD = `owner:sgd`" in (res / "sharer.md").read_text()
 
     owner = reproduce(tables / "owner.toml", out_root=res)  # nothing left to train
     assert all(r["skipped"] for r in owner["rows"][0]["runs"])
-    assert owner["rows"][0]["mean"] == plain["mean"] and owner["rows"][0]["seed_sd"] == plain["seed_sd"]
+    assert owner["rows"][0]["mean"] == plain["mean"] and owner["rows"][0]["ci95"] == plain["ci95"]
     assert reproduce(tables / "sharer.toml", out_root=res, collect=True)["rows"][0]["mean"] == plain["mean"]
-    assert [(r.row, r.state) for r in plan(tables / "sharer.toml", out_root=res)][:2] == [
-        ("plain (= owner:sgd)", "done"), ("plain (= owner:sgd)", "done")]
+    assert [(r.row, r.state) for r in plan(tables / "sharer.toml", out_root=res)][:seeds] == [
+        ("plain (= owner:sgd)", "done")] * seeds
 
 
 @pytest.mark.parametrize("change, message", [

@@ -251,7 +251,8 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
         if r.kind != "train":
             plot["kind"] = r.kind
         report["rows"].append({"name": r.name, "label": r.label or r.name, "paper": r.paper,
-                               "overrides": r.overrides, "seeds_planned": row_seeds(table, r), **plot, **res})
+                               "overrides": r.overrides, "seeds_planned": row_seeds(table, r), **plot,
+                               **{k: v for k, v in res.items() if k != "name"}})  # a shared run's name is its owner's
     save_json(report, Path(out_root) / f"{name}.json")
     save_text(markdown(report), Path(out_root) / f"{name}.md")
     return report
