@@ -349,19 +349,19 @@ def test_divergence_names_a_checkpoint_that_exists(tmp_path):
 
 
 def test_ctrl_c_and_unexpected_errors_in_any_command_are_one_line(run_copy, capsys, monkeypatch):
-    import innerloop.experiments.cli as cli_module
+    import innerloop.experiments.commands as commands
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_module, "evaluate_run", interrupted)
+    monkeypatch.setattr(commands, "evaluate_run", interrupted)
     status, line = run_cli(capsys, "eval", str(run_copy))
     assert status == 130 and "SIGINT" in line
 
     def broken(*a, **k):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(cli_module, "evaluate_run", broken)
+    monkeypatch.setattr(commands, "evaluate_run", broken)
     status, line = run_cli(capsys, "eval", str(run_copy))
     assert status == 1 and "internal error: RuntimeError: boom second line" in line
 
