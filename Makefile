@@ -21,8 +21,12 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
+# Two test processes (pytest-xdist): many tests wait on child processes, so the suite takes about 6 min
+# on 2 cores instead of 8.5 (measured: 349 s against 513 s). TEST_JOBS=0 runs it in one process.
+TEST_JOBS ?= 2
+
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS)
 
 # DEVICE=cuda times the benchmarks on a GPU (synchronized; memory from torch.cuda.max_memory_allocated)
 DEVICE ?= cpu
