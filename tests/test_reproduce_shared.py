@@ -12,18 +12,7 @@ from innerloop.experiments.config import ConfigError, to_dict
 from innerloop.experiments.plan import plan
 from innerloop.experiments.reproduce import reproduce
 from innerloop.experiments.tables import read_table, row_config, row_seeds, runs_at, shared_owner
-
-BASE = """
-[model]
-hidden = [4]
-[task]
-query = 5
-[train]
-meta_batch = 2
-val_tasks = 3
-[eval]
-tasks = 4
-"""
+from test_reproduce import BASE
 
 OWNER = """
 title = "owner"
