@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from innerloop.experiments.reproduce import markdown, not_converged_detail
 from innerloop.experiments.verdict import aggregate, converged, t975, welch_interval
 
 
@@ -54,3 +55,14 @@ def test_a_row_is_the_mean_over_seeds_with_their_spread():
     assert row["n_seeds"] == 3 and row["train_seconds"] == 180.0 and row["converged"] is True
     runs[2]["converged"] = False
     assert aggregate(runs)["converged"] is False
+
+
+def test_a_row_not_converged_says_how_many_seeds_still_rose_and_by_how_much():
+    runs = [{"mean": 0.9, "ci95": 0.01, "metric": "accuracy", "tasks": 600, "iterations": 100, "converged": c,
+             "val_rise": rise} for c, rise in ((False, 0.0057), (True, 0.001), (False, 0.0084))]
+    row = {**aggregate(runs), "runs": runs, "label": "MAML", "name": "maml"}
+    cell = markdown({"title": "t", "table": "t.toml", "scale": "cpu", "scale_overrides": [], "notes": "",
+                     "rows": [row]}).splitlines()[-1].split(" | ")[6]
+    assert cell == "**no** (2 of 3 seeds; up to +0.8 pt)"
+    assert not_converged_detail({**runs[0], "metric": "mse"}) == ""  # a loss's rise is relative: no points
+    assert not_converged_detail(runs[0]) == " (up to +0.6 pt)"

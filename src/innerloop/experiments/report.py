@@ -177,7 +177,8 @@ def write_report(names: list[str], results_root: str | Path, out: str | Path, *,
         "runs), *test-task 95% CI* the mean over seeds of each run's 1.96·std/√N over its test tasks (the "
         "sampling of test tasks only). *converged* says whether every seed's validation metric had stopped "
         "rising: the least-squares line through the validation points of the last quarter of the "
-        "iterations rises by at most half a point of accuracy (2% for MSE and losses) over that quarter.",
+        "iterations rises by at most half a point of accuracy (2% for MSE and losses) over that quarter; a "
+        "**no** says how many seeds still rose and the largest rise.",
         "",
         f"**How a claim is judged.** Welch's 95% interval for the difference of the two rows' seed means, "
         f"from the between-seed variation (Welch–Satterthwaite degrees of freedom, rounded down): *yes* / *no* "

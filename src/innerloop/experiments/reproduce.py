@@ -35,7 +35,7 @@ from innerloop.experiments.tables import (
     shared_owner,
 )
 from innerloop.experiments.upper_bound import UpperBoundOptions
-from innerloop.experiments.verdict import aggregate, converged
+from innerloop.experiments.verdict import LOWER_IS_BETTER, aggregate, converged
 
 SMOKE = ["train.iterations=1", "train.val_every=1", "train.val_tasks=2", "train.checkpoint_every=1", "eval.tasks=2"]
 
@@ -267,6 +267,18 @@ def shown_path(path: str) -> str:
     return path
 
 
+def not_converged_detail(row: dict[str, Any]) -> str:
+    """`` (k of n seeds; up to +x pt)``: how many of a row's runs still rose, and by how much at most
+    over their last quarter (points of accuracy; omitted for losses, judged relative to their value)."""
+    runs = row.get("runs") or [row]
+    rising = [x for x in runs if x.get("converged") is False]
+    rises = [x["val_rise"] for x in rising if isinstance(x.get("val_rise"), int | float)]
+    parts = [f"{len(rising)} of {len(runs)} seeds"] if len(runs) > 1 else []
+    if rises and row.get("metric") not in LOWER_IS_BETTER:
+        parts.append(f"up to +{max(rises) * 100:.1f} pt")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"### {report['title']}", "",
              f"Scale `{report['scale']}` (overrides: `{' '.join(report['scale_overrides']) or 'none'}`); "
@@ -296,6 +308,8 @@ def markdown(report: dict[str, Any]) -> str:
         planned = r.get("seeds_planned", n)
         seeds = f"{n}" if n == planned else f"{n} of {planned}"
         conv = {True: "yes", False: "**no**", None: ""}[r.get("converged") if "converged" in r else None]
+        if r.get("converged") is False:
+            conv += not_converged_detail(r)
         if r.get("kind") == "upper_bound":
             conv = "n/a"
         lines.append(f"| {r['label']} | {r['mean']:.4f} ({r['metric']}) | {sd} | {seeds} | ± {r['ci95']:.4f} | "
