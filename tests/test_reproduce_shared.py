@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from innerloop.experiments.config import ConfigError, to_dict
+from innerloop.experiments.lock import RunLock
 from innerloop.experiments.plan import plan
 from innerloop.experiments.reproduce import reproduce
 from innerloop.experiments.tables import read_table, row_config, row_seeds, runs_at, shared_owner
@@ -117,3 +118,18 @@ def test_our_tables_train_each_config_once():
             owner_path, _, owner = shared_owner(path, table, row, "cpu")
             owners.setdefault(key, set()).add(f"{owner_path.stem}:{owner.name}")
     assert not {k: v for k, v in owners.items() if len(v) > 1}
+
+
+def test_a_shared_run_in_training_elsewhere_is_not_trained_twice(tables):
+    for t in ("owner", "sharer"):
+        (tables / f"{t}.toml").write_text((tables / f"{t}.toml").read_text().replace("seeds = 2", "seeds = 1"))
+    run = tables / "res" / "owner" / "sgd"
+    run.mkdir(parents=True)
+    lock = RunLock(run)
+    lock.acquire()  # as another reproduce training the owner's row would hold it
+    try:
+        row = reproduce(tables / "sharer.toml", out_root=tables / "res", only=["plain"])["rows"][0]
+    finally:
+        lock.release()
+    assert row["failed"] and "in use by another innerloop process" in Path(row["log"]).read_text()
+    assert not (run / "config.json").exists()
