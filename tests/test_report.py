@@ -20,6 +20,8 @@ name = "a"
 name = "b"
 [[row]]
 name = "c"
+[[row]]
+name = "d"
 [[claim]]
 text = "a beats b"
 better = "a"
@@ -31,6 +33,10 @@ than = "a"
 [[claim]]
 text = "c beats a"
 better = "c"
+than = "a"
+[[claim]]
+text = "d beats a"
+better = "d"
 than = "a"
 """
 
@@ -66,13 +72,15 @@ def test_one_seed_or_a_run_not_converged_is_not_judged():
 
 
 def _tiny_results(tmp_path: Path, table: str) -> Path:
-    """The table file ``table`` and a results directory with its rows a and b over 3 seeds, c not run."""
+    """The table file ``table`` and a results directory with its rows a and b over 3 seeds, c not run, d
+    running at paper scale only."""
     (tmp_path / "tiny.toml").write_text(table)
     res = tmp_path / "results"
     res.mkdir()
     report = {"title": "Tiny", "table": str(tmp_path / "tiny.toml"), "scale": "cpu", "scale_overrides": [], "notes": "",
               "rows": [_row("a", 0.5, 0.05, seeds=[0.49, 0.5, 0.51]), _row("b", 0.8, 0.05, seeds=[0.79, 0.8, 0.81]),
-                       {"name": "c", "label": "c", "paper": 0.3, "not_run": True}]}
+                       {"name": "c", "label": "c", "paper": 0.3, "not_run": True},
+                       {"name": "d", "label": "d", "not_run": True, "why": "runs at scale paper only"}]}
     (res / "tiny.json").write_text(json.dumps(report))
     return res
 
@@ -84,7 +92,8 @@ def test_report_writes_tables_and_claims(tmp_path, capsys):
     text = out.read_text()
     assert "### Tiny" in text and "| a beats b | yes |" in text and "| b beats a | no |" in text
     assert "| c beats a | not run |" in text and "| c | not run | | | | 0.3 |" in text
-    assert "| other | 1 | 1 | 0 | 0 | 1 | 3 |" in text
+    assert "| d beats a | not run | row d runs at scale paper only |" in text
+    assert "| other | 1 | 1 | 0 | 0 | 2 | 1 | 4 |" in text and "| all | 1 | 1 | 0 | 0 | 2 | 1 | 4 |" in text
     # the "no" has no why_not in the table file: the report says so and warns
     assert "- *b beats a*: **not explained yet**" in text
     assert "table tiny has a \"no\" verdict with no why_not" in capsys.readouterr().err

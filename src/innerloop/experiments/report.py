@@ -71,6 +71,9 @@ PAPERS = {"alfa": "ALFA", "kfo": "KFO", "mlplr": "MLPLR", "metamida": "MetaMiDA"
 # what a "no" without a table's `why_not` shows; `innerloop report` also warns about it
 UNEXPLAINED = "**not explained yet** (the table file gives no `why_not`)"
 VERDICTS = ("yes", "no", "not resolved", "not converged", "not run")
+# the "not run" claims with a row that does not run at the table's scale (a dataset or GPU this
+# machine lacks): counted apart so that the claims still to train here are visible
+ELSEWHERE = "of which: a row runs at another scale only"
 
 
 def paper_of(table_name: str, title: str = "") -> str:
@@ -83,7 +86,8 @@ def paper_of(table_name: str, title: str = "") -> str:
 
 def table_section(name: str, report: dict[str, Any], table_file: Path | None, out_dir: Path | None = None,
                   draw: bool = False) -> tuple[str, list[str]]:
-    """The table's Markdown section and the verdicts of its claims."""
+    """The table's Markdown section and the verdicts of its claims (with one :data:`ELSEWHERE` more for each
+    claim not run because a row runs at another scale only)."""
     out = [markdown(report), run_summary(name, report)]
     table = read_table(table_file) if table_file is not None and table_file.is_file() else None
     claims = table.claim if table is not None else []
@@ -95,6 +99,8 @@ def table_section(name: str, report: dict[str, Any], table_file: Path | None, ou
         for c in claims:
             verdict, detail = check_claim(rows, c.better, c.than)
             verdicts.append(verdict)
+            if verdict == "not run" and any(rows.get(n, {}).get("why") for n in (c.better, c.than)):
+                verdicts.append(ELSEWHERE)
             out.append(f"| {c.text} | {verdict} | {detail} |")
             if verdict == "no":
                 whys.append(f"- *{c.text}*: {c.why_not or UNEXPLAINED}")
@@ -122,13 +128,14 @@ def curves_lines(name: str, report: dict[str, Any], out_dir: Path, draw: bool) -
 
 def count_lines(counts: dict[str, dict[str, int]]) -> list[str]:
     """The verdict counts per paper as a Markdown table."""
-    lines = ["| paper | " + " | ".join(VERDICTS) + " | claims |", "|---" * (len(VERDICTS) + 2) + "|"]
-    for paper in [*PAPERS.values(), *(f"{p} (our variants)" for p in PAPERS.values()), "other"]:
-        c = counts.get(paper)
+    columns = (*VERDICTS, ELSEWHERE)
+    lines = ["| paper | " + " | ".join(columns) + " | claims |", "|---" * (len(columns) + 2) + "|"]
+    total = {v: sum(c.get(v, 0) for c in counts.values()) for v in columns}
+    for paper, c in [*((p, counts.get(p)) for p in [*PAPERS.values(), *(f"{p} (our variants)" for p in PAPERS.values()),
+                                                     "other"]), ("all", total)]:
         if c:
-            lines.append(f"| {paper} | " + " | ".join(str(c.get(v, 0)) for v in VERDICTS) + f" | {sum(c.values())} |")
-    total = {v: sum(c.get(v, 0) for c in counts.values()) for v in VERDICTS}
-    lines.append("| all | " + " | ".join(str(total[v]) for v in VERDICTS) + f" | {sum(total.values())} |")
+            lines.append(f"| {paper} | " + " | ".join(str(c.get(v, 0)) for v in columns)
+                         + f" | {sum(c.get(v, 0) for v in VERDICTS)} |")
     return lines
 
 
@@ -184,7 +191,9 @@ def write_report(names: list[str], results_root: str | Path, out: str | Path, *,
         f"from the between-seed variation (Welch–Satterthwaite degrees of freedom, rounded down): *yes* / *no* "
         f"when it excludes 0, *not resolved* when it contains 0 or when either row has fewer than {MIN_SEEDS} "
         f"seeds, *not converged* when a run of either row did not converge (its difference is shown, not "
-        f"judged), *not run* when a row has no result. Figures are drawn by the `innerloop plot` command under "
+        f"judged), *not run* when a row has no result; the last column counts the claims not run because "
+        f"a row runs at another scale only (a dataset or a GPU this machine does not have), the rest wait "
+        f"for training here. Figures are drawn by the `innerloop plot` command under "
         f"each (`innerloop report --draw` runs them all).",
         "",
         "Claims per paper:",
