@@ -181,8 +181,8 @@ def row_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def stored_row(table_path: Path, table: Table, row: Row, scale: str, out_root: Path) -> dict[str, Any]:
-    """A row's entry from the runs already on disk (rows not run now): stale runs are not counted."""
-    table_path, table, row = shared_owner(table_path, table, row, scale)
+    """A row's entry from the runs already on disk (rows not run now): stale runs are not counted.
+    ``table_path, table, row`` name the row that owns the runs (:func:`shared_owner`)."""
     out = Path(out_root) / table_path.stem
     runs = []
     for seed, d in run_dirs(out, table, row):
@@ -244,7 +244,7 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
         if not runs_at(r, scale):
             res = {"not_run": True, "why": f"runs at scale {' / '.join(r.scales or [])} only"}
         else:
-            res = results[r.name] if r.name in results else stored_row(table_path, table, r, scale, Path(out_root))
+            res = results[r.name] if r.name in results else stored_row(*owners[r.name], scale, Path(out_root))
         plot = {k: v for k, v in (("x", r.x), ("series", r.series)) if v is not None}
         if r.same_as is not None:
             plot["shared"] = r.same_as
