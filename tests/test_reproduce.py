@@ -181,3 +181,39 @@ def test_collect_rewrites_the_report_without_training(table, tmp_path):
     report = reproduce(table, out_root=out, collect=True)
     assert report["title"] == "tiny, retitled" and report["rows"][0]["iteration"] == 2
     assert report["rows"][1]["not_run"] and not (out / "tiny" / "msgd").exists()
+
+
+def test_reproduce_resumes_an_interrupted_upper_bound_row(table, tmp_path, monkeypatch):
+    from innerloop.experiments import upper_bound as ub_module
+    from innerloop.experiments.plan import plan
+    from innerloop.experiments.stop import Stop
+    from innerloop.experiments.tables import row_config
+
+    one_task_at_a_time = 'kind = "upper_bound"\noverrides = ["eval.batch=1"]'
+    (tmp_path / "ub.toml").write_text(PLOT_TABLE.replace('x = 4\nseries = "upper bound"', "")
+                                      .replace('kind = "upper_bound"', one_task_at_a_time))
+    out = tmp_path / "res"
+    reproduce(tmp_path / "ub.toml", out_root=out, only=["sgd"])
+    t = read_table(tmp_path / "ub.toml")
+    cfg = row_config(tmp_path / "ub.toml", t, t.row[1], "cpu")
+    opts = t.row[1].upper_bound.model_copy(update={"init": str(out / "ub" / "sgd")})
+    real, saved = ub_module.ckpt.save_json, []
+
+    def save_json(obj, path):  # SIGTERM after the second task is recorded
+        real(obj, path)
+        if str(path).endswith(ub_module.PARTIAL):
+            saved.append(path)
+            if len(saved) == 2:
+                raise Stop(15)
+
+    with monkeypatch.context() as m:
+        m.setattr(ub_module.ckpt, "save_json", save_json)
+        with pytest.raises(Stop):
+            ub_module.upper_bound(cfg, out / "ub" / "ub", opts)
+    (ub_plan,) = [r for r in plan(tmp_path / "ub.toml", out_root=out) if r.unit == "tasks"]
+    assert (ub_plan.row, ub_plan.state, ub_plan.iteration, ub_plan.iterations) == ("ub [tasks]", "partial", 2, 4)
+    assert ub_plan.seconds_per_iteration > 0
+    report = reproduce(tmp_path / "ub.toml", out_root=out)  # continues it: --resume
+    assert report["rows"][1]["tasks"] == 4 and not report["rows"][1].get("failed")
+    assert not (out / "ub" / "ub" / ub_module.PARTIAL).exists()
+    assert "pass --resume" not in (out / "ub" / "ub.log").read_text()

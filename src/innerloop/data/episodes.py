@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from innerloop.data.images.base import DatasetError, SplitData
-from innerloop.data.synthetic import TaskFamily
+from innerloop.data.synthetic import PointSource, TaskFamily
 from innerloop.types import Task
 
 
@@ -59,25 +59,64 @@ class FewShotImages(TaskFamily):
                              invert=self.invert, split=split)
 
     def sample(self, n: int, generator: torch.Generator) -> Task:
-        tasks = [self._one(generator) for _ in range(n)]
-        return Task(*(torch.stack(parts) for parts in zip(*tasks, strict=True)))
+        return self.sample_with_source(n, generator)[0]
 
-    def _one(self, g: torch.Generator) -> Task:
+    def sample_with_source(self, n: int, generator: torch.Generator) -> tuple[Task, PointSource]:
+        """The tasks of :meth:`sample` and a source of more images of each task's classes: for
+        label ``j``, images of the class drawn for ``j`` that are in neither its support nor its
+        query set, with the task's rotation of that class (see :meth:`_more_images`)."""
+        drawn = [self._one(generator) for _ in range(n)]
+        tasks = Task(*(torch.stack(parts) for parts in zip(*(d[0] for d in drawn), strict=True)))
+        drawn_from = tuple(torch.stack(parts) for parts in zip(*(d[1] for d in drawn), strict=True))
+        return tasks, PointSource(self._more_images, drawn_from)
+
+    def _one(self, g: torch.Generator) -> tuple[Task, tuple[Tensor, Tensor, Tensor]]:
+        """One task, and what it was drawn from: class indices ``[n_way]``, quarter turns
+        ``[n_way]`` and the image indices used by support and query ``[n_way, k_shot + query]``."""
         data, k, q = self.data, self.k_shot, self.query
         classes = torch.randperm(len(data.classes), generator=g)[: self.n_way].tolist()
-        sx, qx = [], []
+        sx, qx, used, turns_of = [], [], [], []
         for c in classes:
             idx = torch.randperm(data.count(c), generator=g)[: k + q].tolist()
             imgs = data.images(c, idx)
+            turns = 0
             if self.rotate:
                 turns = int(torch.randint(0, 4, (1,), generator=g))
                 imgs = torch.rot90(imgs, turns, dims=(-2, -1))
             sx.append(imgs[:k])
             qx.append(imgs[k:])
+            used.append(idx)
+            turns_of.append(turns)
         labels = torch.arange(self.n_way)
         sy = labels.repeat_interleave(k)
         qy = labels.repeat_interleave(q)
-        return Task(self._float(torch.cat(sx)), sy, self._float(torch.cat(qx)), qy)
+        task = Task(self._float(torch.cat(sx)), sy, self._float(torch.cat(qx)), qy)
+        return task, (torch.tensor(classes), torch.tensor(turns_of), torch.tensor(used))
+
+    def spare_per_class(self) -> int:
+        """How many images every class of the split has beyond one task's support and query."""
+        return min(self.data.count(c) for c in range(len(self.data.classes))) - self.k_shot - self.query
+
+    def _more_images(self, drawn_from: tuple[Tensor, ...], num: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``num // n_way`` more images per class of each task (balanced, labels in class order),
+        at most :meth:`spare_per_class`: the same number for every task, so tasks stack."""
+        classes, turns, used = drawn_from
+        per_class = min(num // self.n_way, self.spare_per_class())
+        if per_class <= 0:
+            return torch.empty(len(classes), 0, *self.input_shape), torch.empty(len(classes), 0, dtype=torch.long)
+        xs = []
+        for cls, trn, usd in zip(classes.tolist(), turns.tolist(), used, strict=True):
+            imgs = []
+            for c, t, u in zip(cls, trn, usd, strict=True):
+                free = torch.ones(self.data.count(c), dtype=torch.bool)
+                free[u] = False
+                rest = free.nonzero().squeeze(1)
+                pick = rest[torch.randperm(rest.numel(), generator=g)[:per_class]]
+                im = self.data.images(c, pick.tolist())
+                imgs.append(torch.rot90(im, t, dims=(-2, -1)) if t else im)
+            xs.append(self._float(torch.cat(imgs)))
+        y = torch.arange(self.n_way).repeat_interleave(per_class)
+        return torch.stack(xs), y.expand(len(xs), -1).clone()
 
     def _float(self, x: Tensor) -> Tensor:
         x = x.float() / 255.0

@@ -20,9 +20,11 @@ from innerloop.types import Task
 class PointSource:
     """More labelled points from a fixed set of tasks (the tasks' parameters are kept).
 
-    ``draw(num, generator)`` returns ``(x [n, num, *in], y [n, num, *out])``: ``num`` fresh points
-    per task from the task's input distribution, labelled by that task (unbalanced, like a query
-    set). ``source[i:j]`` is the source of tasks ``i..j-1``.
+    ``draw(num, generator)`` returns ``(x [n, m, *in], y [n, m, *out])``. Synthetic families give
+    ``m = num`` fresh points per task from the task's input distribution, labelled by that task
+    (unbalanced, like a query set); image families give other images of the task's classes,
+    balanced, ``m`` capped by what the classes hold (:class:`~innerloop.data.episodes.FewShotImages`).
+    ``source[i:j]`` is the source of tasks ``i..j-1``.
     """
 
     def __init__(self, draw_fn: Callable[[tuple[Tensor, ...], int, torch.Generator], tuple[Tensor, Tensor]],
@@ -64,8 +66,7 @@ class TaskFamily:
 
     def sample_with_source(self, n: int, generator: torch.Generator) -> tuple[Task, PointSource]:
         """The tasks :meth:`sample` draws from ``generator`` (the same tensors, the same use of
-        the generator) and a :class:`PointSource` of more labelled points from those same tasks.
-        Defined for synthetic families, whose tasks have explicit parameters."""
+        the generator) and a :class:`PointSource` of more labelled points from those same tasks."""
         raise NotImplementedError(f"{type(self).__name__} cannot draw more points from a sampled task")
 
     def fixed_tasks_with_source(self, n: int, seed: int) -> tuple[Task, PointSource]:

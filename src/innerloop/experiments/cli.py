@@ -161,7 +161,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "fresh copy of its model to convergence on the task's support set plus --train-points "
                         "more points drawn from the same task, with full-batch Adam (cosine-annealed lr), and "
                         "score it on the task's query set. Writes OUT/test.json (mean ± 95% CI) like a trained "
-                        "run. Synthetic task families only (sine, linear).")
+                        "run. Synthetic tasks get fresh points; an image task gets other images of its classes "
+                        "(--train-points / n_way per class, capped by what every class of the split has beyond "
+                        "support and query).")
     ub.add_argument("config", help="config file (.toml or .json)")
     ub.add_argument("--out", help="output directory (default: runs/<name>-upper-bound)")
     ub.add_argument("--train-points", type=int, default=2000, help="extra points per task (default 2000)")
@@ -172,6 +174,8 @@ def make_parser() -> argparse.ArgumentParser:
     ub.add_argument("--data-seed", type=int, default=0, help="seed of the extra points (default 0)")
     ub.add_argument("--init", metavar="RUN_DIR", help="start from this run's learned θ0 (best.pt) instead of "
                     "the model's default initialisation")
+    ub.add_argument("--resume", action="store_true", help="continue an interrupted upper bound in --out: the "
+                    "tasks it finished are kept (upper_bound_partial.json), the others are trained")
     ub.add_argument("--no-progress", action="store_true")
     ub.set_defaults(fn=cmd_upper_bound)
 

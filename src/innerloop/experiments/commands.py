@@ -187,7 +187,7 @@ def cmd_upper_bound(args: argparse.Namespace, overrides: list[str]) -> int:
     except ValidationError as e:
         raise ConfigError("upper-bound: " + "; ".join(f"--{'-'.join(map(str, x['loc'])).replace('_', '-')}: "
                                                       f"{x['msg']}" for x in e.errors())) from None
-    res = upper_bound(cfg, out, opts, progress=not args.no_progress)
+    res = upper_bound(cfg, out, opts, progress=not args.no_progress, resume=args.resume)
     row = {"run": cfg.name, "metric": res["metric"], "value": f"{res['mean']:.4f} ± {res['ci95']:.4f}",
            "tasks": res["tasks"], "points": res["train_points"], "steps": res["steps"],
            "train": f"{res['train_loss']:.4g} / {res['train_metric']:.4f}"}

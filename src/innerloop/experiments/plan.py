@@ -6,7 +6,8 @@ logged training row) and the iterations its row asks for. Speed is the run's own
 iterations (``seconds`` in ``metrics.jsonl``, validation included), or else the mean of the other
 seeds of the row that have one; a run with neither is "unknown". Times are one run after another
 on this machine's speed when the runs were measured: with ``--jobs N`` the wall clock is about 1/N
-of the total if the machine has the cores.
+of the total if the machine has the cores. An upper-bound row (``kind = "upper_bound"``) is
+counted in test tasks instead of iterations, marked ``[tasks]``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from innerloop.experiments.config import ConfigError
 from innerloop.experiments.reproduce import run_dirs, run_state
 from innerloop.experiments.tables import read_table, resolve_table, row_config, runs_at, shared_owner
+from innerloop.experiments.upper_bound import partial_progress
 
 
 @dataclass
@@ -28,6 +30,7 @@ class RunPlan:
     iteration: int
     iterations: int
     seconds_per_iteration: float | None
+    unit: str = "iterations"  # "tasks" for an upper-bound row
 
     @property
     def remaining(self) -> int:
@@ -78,14 +81,21 @@ def plan(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "
         if not runs_at(row, scale):
             runs.append(RunPlan(row.name, None, "scale", 0, 0, None))
             continue
-        target = row_config(table_path, table, row, scale).train.iterations
+        cfg = row_config(table_path, table, row, scale)
+        target = cfg.train.iterations
+        if row.kind == "upper_bound":  # counted in test tasks, not meta-iterations
+            target = (row.upper_bound.tasks if row.upper_bound else None) or cfg.eval.tasks
         owner_path, owner_table, owner = shared_owner(table_path, table, row, scale)
         mine = []
         for seed, d in run_dirs(Path(out_root) / owner_path.stem, owner_table, owner):
             state, _ = run_state(owner_path, owner_table, owner, scale, seed, d)
-            it, speed = progress(d) if state != "new" else (0, None)
+            count = partial_progress if row.kind == "upper_bound" else progress
+            it, speed = count(d) if state != "new" else (0, None)
             shown = row.name if row.same_as is None else f"{row.name} (= {row.same_as})"
-            mine.append(RunPlan(shown, seed, state, it, target, speed))
+            if row.kind == "upper_bound":
+                shown += " [tasks]"
+            mine.append(RunPlan(shown, seed, state, it, target, speed,
+                                "tasks" if row.kind == "upper_bound" else "iterations"))
         known = [r.seconds_per_iteration for r in mine if r.seconds_per_iteration is not None]
         for r in mine:
             if r.seconds_per_iteration is None and known:
@@ -111,7 +121,9 @@ def plan_text(runs: list[RunPlan], scale: str) -> str:
     todo = [r for r in runs if r.remaining]
     known = sum(r.seconds_left for r in todo if r.seconds_left is not None)
     unknown = sum(1 for r in todo if r.seconds_left is None)
-    lines += ["", f"{len(todo)} run(s) to train, {sum(r.remaining for r in todo)} iterations: "
+    amounts = [f"{sum(r.remaining for r in todo if r.unit == u)} {u}" for u in ("iterations", "tasks")
+               if any(r.unit == u for r in todo)]
+    lines += ["", f"{len(todo)} run(s) to train, {' and '.join(amounts) or '0 iterations'}: "
               f"{known / 3600:.1f} h one after another for those with a measured speed"
               + (f", {unknown} with no speed yet" if unknown else "") + "."]
     return "\n".join(lines) + "\n"

@@ -155,7 +155,7 @@ def run_one(table_path: Path, table: Table, row: Row, scale: str, out: Path, see
     else:
         cmd = [sys.executable, "-m", "innerloop", "train", str(base), "--out", str(run_dir), "--no-progress",
                *overrides]
-    if (run_dir / "config.json").exists() and row.kind == "train":  # started before: continue it
+    if (run_dir / "config.json").exists():  # started before: continue it
         cmd.append("--resume")
     log = run_dir.parent / f"{run_dir.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """``innerloop upper-bound``: a small model trained to convergence on each test task alone.
 
-KFO's reference point for the synthetic task: no meta-learning, no few-shot constraint. For each
+KFO's reference point (the synthetic task of §3.2 and the "upper bound" column of Table 2, "we train
+the model on individual tasks to convergence"): no meta-learning, no few-shot constraint. For each
 of the run's test tasks (``eval.tasks`` tasks fixed by ``eval.seed``, the same tasks every trained
 row of a table is scored on) a fresh copy of the config's model — from its default initialisation
 (``train.seed``), or from a trained run's θ0 with ``init`` — is trained with full-batch Adam (or
@@ -13,15 +14,21 @@ Tasks are trained together (``torch.func.vmap`` over stacked per-task weights, `
 tasks at a time); the summed loss gives each task's weights their own gradient and Adam is
 element-wise, so every task is trained independently of the others.
 
-Defined for the synthetic families (sine, linear), whose tasks have explicit parameters from
-which more data can be drawn. Image tasks have no such definition here (an episode's classes have
-a fixed number of images, and "the task" is a choice of classes, not a distribution).
+"More points from the same task" is defined by the task family. Synthetic families (sine,
+linear) draw fresh points from the task's parameters. An image task is its ``n_way`` classes with
+their labels: its extra points are other images of those classes, neither in its support nor its
+query set (with the task's rotation), ``train_points // n_way`` per class and at most what every
+class of the split has to spare (Omniglot and the glyphs: 20 images per class, so 10 more at
+10-way 5-shot with 5 query images; miniImageNet and CIFAR-FS: 600). ``extra_points`` in the
+result is the number each task was given.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import resource
+import signal
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +40,9 @@ from torch.func import functional_call
 from innerloop.errors import UserError
 from innerloop.experiments import checkpoint as ckpt
 from innerloop.experiments.build import build
-from innerloop.experiments.config import Config, ConfigError, to_dict
+from innerloop.experiments.config import Config, ConfigError, config_diff, to_dict
+from innerloop.experiments.lock import RunLock
+from innerloop.experiments.stop import Stop
 from innerloop.experiments.train import load_run, mean_ci
 from innerloop.types import Task
 
@@ -73,21 +82,75 @@ def _initial_params(cfg: Config, model: torch.nn.Module, init: str | Path | None
     return {k: learned[k].detach().to(params[k]) for k in params}
 
 
+PARTIAL = "upper_bound_partial.json"  # the tasks finished so far, until test.json is written
+
+
+def partial_progress(out: Path) -> tuple[int, float | None]:
+    """Tasks an unfinished upper bound in ``out`` has finished, and its seconds per task (None before one)."""
+    try:
+        stored = json.loads((out / PARTIAL).read_text(encoding="utf-8"))
+        done = int(stored["chunks"][-1]["stop"]) if stored["chunks"] else 0
+        seconds = float(stored["seconds"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError):
+        return 0, None
+    return done, (seconds / done if done else None)
+
+
+def _start_or_resume(out: Path, record: dict[str, Any], n: int, resume: bool) -> dict[str, Any]:
+    """The partial record to continue in ``out``: the stored one when resuming (it must be of the same
+    config and options), else a fresh one."""
+    path = out / PARTIAL
+    if resume and not (out / "config.json").is_file():
+        raise ConfigError(f"nothing to resume in {out} (no config.json); start the upper bound without --resume")
+    if not path.is_file():
+        return {**record, "chunks": [], "seconds": 0.0}
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        done = stored["chunks"][-1]["stop"] if stored["chunks"] else 0
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError):
+        raise ConfigError(f"{path} is damaged; remove it to start the upper bound again") from None
+    if not resume:
+        raise ConfigError(f"{out} holds an unfinished upper bound ({done} of {n} tasks); pass --resume to "
+                          "continue it, or use another --out")
+    changed = [*(f"config {k}" for k in config_diff(stored.get("config", {}), record["config"])),
+               *(f"option {k}" for k in sorted(set(stored.get("options", {})) | set(record["options"]))
+                 if stored.get("options", {}).get(k) != record["options"].get(k))]
+    if changed:
+        raise ConfigError(f"cannot resume {out}: the unfinished upper bound there differs ({', '.join(changed)}); "
+                          "use another --out")
+    return stored
+
+
 def upper_bound(
     cfg: Config,
     out_dir: str | Path | None = None,
     options: UpperBoundOptions | None = None,
     *,
     progress: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train the config's model on each test task alone; return (and with ``out_dir`` write to
-    ``out_dir/test.json``) a summary in the format of :func:`~innerloop.experiments.train.evaluate_run`."""
+    ``out_dir/test.json``) a summary in the format of :func:`~innerloop.experiments.train.evaluate_run`.
+
+    With ``out_dir``, the directory is locked while it runs and every finished group of ``eval.batch``
+    tasks is recorded in ``upper_bound_partial.json``; after an interruption, ``resume=True`` trains
+    the remaining tasks only (each task's training depends on nothing but its own index, so the
+    result is that of an uninterrupted run)."""
     o = options or UpperBoundOptions()
     if o.init is not None and not Path(o.init, "config.json").is_file():
         raise ConfigError(f"--init {o.init}: not a run directory (no config.json)")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and (out / "last.pt").exists():
         raise ConfigError(f"{out} holds a training run (last.pt); write the upper bound to another directory")
+    if out is None:
+        return _upper_bound(cfg, None, o, progress, None)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        return _upper_bound(cfg, out, o, progress, resume)
+
+
+def _upper_bound(cfg: Config, out: Path | None, o: UpperBoundOptions, progress: bool,
+                 resume: bool | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     family, algo = build(cfg)
     model = algo.model
@@ -96,9 +159,15 @@ def upper_bound(
     try:
         tasks, source = family.for_split("test").fixed_tasks_with_source(n, cfg.eval.seed)
     except NotImplementedError:
-        raise UserError(f"upper bound is defined for synthetic task families (sine, linear), not task.name = "
-                        f"{cfg.task.name!r}") from None
+        raise UserError(f"upper bound needs a task family that can draw more points of a task (sine, linear, "
+                        f"images), not task.name = {cfg.task.name!r}") from None
     theta0 = _initial_params(cfg, model, o.init)
+    record: dict[str, Any] = {"config": json.loads(ckpt.json_text(to_dict(cfg))),
+                              "options": json.loads(ckpt.json_text(o.model_dump())), "chunks": [], "seconds": 0.0}
+    if out is not None:
+        record = _start_or_resume(out, record, n, bool(resume))
+        ckpt.save_json(to_dict(cfg), out / "config.json")  # from now on a resumable run directory
+    done = record["chunks"][-1]["stop"] if record["chunks"] else 0
 
     def task_loss(p, x, y):
         return family.loss(functional_call(model, p, (x,)), y)
@@ -113,9 +182,7 @@ def upper_bound(
     def cast(t: torch.Tensor) -> torch.Tensor:
         return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
 
-    losses, metrics, train_losses, train_metrics = [], [], [], []
-    for start in range(0, n, cfg.eval.batch):
-        stop = min(start + cfg.eval.batch, n)
+    def train_chunk(start: int, stop: int) -> dict[str, Any]:
         extra = [source[i : i + 1].draw(o.train_points, torch.Generator().manual_seed(o.data_seed * 2**32 + i))
                  for i in range(start, stop)]
         x = cast(torch.cat([tasks.support_x[start:stop], torch.cat([e[0] for e in extra])], 1))
@@ -135,20 +202,34 @@ def upper_bound(
             ql, qm = batched_eval(params, chunk.query_x, chunk.query_y)
         if not torch.isfinite(tl).all():
             raise UserError(f"upper bound: the training loss is not finite (tasks {start}..{stop - 1}); lower --lr")
-        losses.append(ql)
-        metrics.append(qm)
-        train_losses.append(tl)
-        train_metrics.append(tm)
-        if progress:
-            print(f"upper bound: {stop}/{n} tasks", flush=True)
-    metric = torch.cat(metrics)
+        return {"start": start, "stop": stop, "extra_points": extra[0][0].shape[1], "query_loss": ql.tolist(),
+                "query_metric": qm.tolist(), "train_loss": tl.tolist(), "train_metric": tm.tolist()}
+
+    try:
+        for start in range(done, n, cfg.eval.batch):
+            record["chunks"].append(train_chunk(start, min(start + cfg.eval.batch, n)))
+            if out is not None:
+                ckpt.save_json({**record, "seconds": record["seconds"] + time.perf_counter() - t0}, out / PARTIAL)
+            if progress:
+                print(f"upper bound: {record['chunks'][-1]['stop']}/{n} tasks", flush=True)
+    except (KeyboardInterrupt, Stop) as e:
+        stop = e if isinstance(e, Stop) else Stop(signal.SIGINT)
+        if out is not None:
+            kept = record["chunks"][-1]["stop"] if record["chunks"] else 0
+            stop.detail = f"{kept} of {n} tasks are kept in {out / PARTIAL}; --resume continues"
+        raise stop from None
+
+    def column(key: str) -> torch.Tensor:
+        return torch.tensor([v for c in record["chunks"] for v in c[key]], dtype=dtype)
+
+    metric = column("query_metric")
     mean, ci = mean_ci(metric)
     res: dict[str, Any] = {
         "metric": family.metric_name,
         "mean": mean,
         "ci95": ci,
         "tasks": int(metric.numel()),
-        "query_loss": mean_ci(torch.cat(losses))[0],
+        "query_loss": mean_ci(column("query_loss"))[0],
         "support_loss_per_step": [],
         "trace": {},
         "name": cfg.name,
@@ -158,15 +239,17 @@ def upper_bound(
         "val": None,
         "inner_steps": None,
         # how well each task's model fits its own training data (close to the optimum = converged)
-        "train_loss": mean_ci(torch.cat(train_losses))[0],
-        "train_metric": mean_ci(torch.cat(train_metrics))[0],
+        "train_loss": mean_ci(column("train_loss"))[0],
+        "train_metric": mean_ci(column("train_metric"))[0],
         **o.model_dump(exclude={"tasks", "init"}),  # "tasks" above is the number actually scored
-        "train_seconds": time.perf_counter() - t0,
+        # per task, beside its support set (images: capped by what the classes hold)
+        "extra_points": record["chunks"][0]["extra_points"] if record["chunks"] else 0,
+        "train_seconds": record["seconds"] + time.perf_counter() - t0,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if o.init is not None:
         res["init"] = str(o.init)
     if out is not None:
-        ckpt.save_json(to_dict(cfg), out / "config.json")
         ckpt.save_json(res, out / "test.json")
+        (out / PARTIAL).unlink(missing_ok=True)
     return res
