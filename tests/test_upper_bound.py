@@ -288,3 +288,14 @@ def test_cli_says_what_an_interruption_kept_and_resumes(tmp_path, monkeypatch, c
     assert json.loads((out / "test.json").read_text())["tasks"] == 3
     assert main(["upper-bound", "configs/sine_maml.toml", "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_a_damaged_partial_record_is_refused_in_one_line(tmp_path, capsys):
+    out = tmp_path / "ub"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / ub_module.PARTIAL).write_text('{"chunks": [{"sto')
+    assert main(["upper-bound", "configs/sine_maml.toml", "--out", str(out), "--resume", "--steps", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is damaged (JSONDecodeError); remove it" in err
+    assert ub_module.partial_progress(out) == (0, None)

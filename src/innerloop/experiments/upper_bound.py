@@ -85,15 +85,24 @@ def _initial_params(cfg: Config, model: torch.nn.Module, init: str | Path | None
 PARTIAL = "upper_bound_partial.json"  # the tasks finished so far, until test.json is written
 
 
+def _read_partial(path: Path) -> tuple[dict[str, Any], int]:
+    """The stored partial record and the number of tasks it holds; ValueError if it is damaged."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        done = int(stored["chunks"][-1]["stop"]) if stored["chunks"] else 0
+        float(stored["seconds"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as e:
+        raise ValueError(f"{path} is damaged ({type(e).__name__})") from None
+    return stored, done
+
+
 def partial_progress(out: Path) -> tuple[int, float | None]:
     """Tasks an unfinished upper bound in ``out`` has finished, and its seconds per task (None before one)."""
     try:
-        stored = json.loads((out / PARTIAL).read_text(encoding="utf-8"))
-        done = int(stored["chunks"][-1]["stop"]) if stored["chunks"] else 0
-        seconds = float(stored["seconds"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError):
+        stored, done = _read_partial(out / PARTIAL)
+    except ValueError:
         return 0, None
-    return done, (seconds / done if done else None)
+    return done, (float(stored["seconds"]) / done if done else None)
 
 
 def _start_or_resume(out: Path, record: dict[str, Any], n: int, resume: bool) -> dict[str, Any]:
@@ -105,10 +114,9 @@ def _start_or_resume(out: Path, record: dict[str, Any], n: int, resume: bool) ->
     if not path.is_file():
         return {**record, "chunks": [], "seconds": 0.0}
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        done = stored["chunks"][-1]["stop"] if stored["chunks"] else 0
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError):
-        raise ConfigError(f"{path} is damaged; remove it to start the upper bound again") from None
+        stored, done = _read_partial(path)
+    except ValueError as e:
+        raise ConfigError(f"{e}; remove it to start the upper bound again") from None
     if not resume:
         raise ConfigError(f"{out} holds an unfinished upper bound ({done} of {n} tasks); pass --resume to "
                           "continue it, or use another --out")
