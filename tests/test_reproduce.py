@@ -217,3 +217,19 @@ def test_reproduce_resumes_an_interrupted_upper_bound_row(table, tmp_path, monke
     assert report["rows"][1]["tasks"] == 4 and not report["rows"][1].get("failed")
     assert not (out / "ub" / "ub" / ub_module.PARTIAL).exists()
     assert "pass --resume" not in (out / "ub" / "ub.log").read_text()
+
+
+def test_smoke_overrides_come_after_a_rows_own_and_shrink_upper_bounds(tmp_path):
+    from innerloop.experiments.reproduce import SMOKE, _smoke_row
+    from innerloop.experiments.tables import row_config
+
+    (tmp_path / "base.toml").write_text(BASE)
+    (tmp_path / "ub.toml").write_text(PLOT_TABLE.replace('kind = "upper_bound"',
+                                                         'kind = "upper_bound"\nscale = {cpu = ["eval.tasks=50"]}'))
+    t = read_table(tmp_path / "ub.toml")
+    ub = _smoke_row(t.row[1], t.scale)
+    assert ub.scale["cpu"] == ["eval.tasks=50", *SMOKE] and ub.seeds == 1
+    assert (ub.upper_bound.steps, ub.upper_bound.tasks, ub.upper_bound.init) == (1, 2, "sgd")
+    assert row_config(tmp_path / "ub.toml", t, ub, "cpu").eval.tasks == 2
+    sgd = _smoke_row(t.row[0], t.scale)
+    assert sgd.upper_bound is None and sgd.scale["cpu"] == SMOKE

@@ -191,6 +191,16 @@ def stored_row(table_path: Path, table: Table, row: Row, scale: str, out_root: P
     return row_result(runs)
 
 
+def _smoke_row(row: Row, scales: dict[str, list[str]]) -> Row:
+    """``row`` for ``--smoke``: one seed, its own runs, and the smoke overrides after its per-scale ones
+    (which may set e.g. ``eval.tasks``); an upper-bound row trains 2 tasks for 1 step."""
+    update: dict[str, Any] = {"seeds": 1, "same_as": None,
+                              "scale": {k: [*row.scale.get(k, []), *SMOKE] for k in scales}}
+    if row.kind == "upper_bound":
+        update["upper_bound"] = (row.upper_bound or UpperBoundOptions()).model_copy(update={"steps": 1, "tasks": 2})
+    return row.model_copy(update=update)
+
+
 def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "results", jobs: int = 1,
               only: list[str] | None = None, restart_stale: bool = False, smoke: bool = False,
               collect: bool = False, run_overrides: list[str] | None = None) -> dict[str, Any]:
@@ -201,8 +211,7 @@ def reproduce(table_path: str | Path, *, scale: str = "cpu", out_root: str | Pat
     table_path = resolve_table(table_path)
     table = read_table(table_path)
     if smoke:
-        table = table.model_copy(update={"seeds": 1, "row": [r.model_copy(update={"seeds": 1, "same_as": None})
-                                                                 for r in table.row],
+        table = table.model_copy(update={"seeds": 1, "row": [_smoke_row(r, table.scale) for r in table.row],
                                          "scale": {k: [*v, *SMOKE] for k, v in table.scale.items()}})
     if scale not in table.scale:
         raise ConfigError(f"{table_path} has no scale {scale!r} (it has: {', '.join(table.scale)})")
