@@ -82,20 +82,18 @@ def plan(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "
             runs.append(RunPlan(row.name, None, "scale", 0, 0, None))
             continue
         cfg = row_config(table_path, table, row, scale)
-        target = cfg.train.iterations
         if row.kind == "upper_bound":  # counted in test tasks, not meta-iterations
             target = (row.upper_bound.tasks if row.upper_bound else None) or cfg.eval.tasks
+            unit, count, mark = "tasks", partial_progress, " [tasks]"
+        else:
+            target, unit, count, mark = cfg.train.iterations, "iterations", progress, ""
         owner_path, owner_table, owner = shared_owner(table_path, table, row, scale)
         mine = []
         for seed, d in run_dirs(Path(out_root) / owner_path.stem, owner_table, owner):
             state, _ = run_state(owner_path, owner_table, owner, scale, seed, d)
-            count = partial_progress if row.kind == "upper_bound" else progress
             it, speed = count(d) if state != "new" else (0, None)
-            shown = row.name if row.same_as is None else f"{row.name} (= {row.same_as})"
-            if row.kind == "upper_bound":
-                shown += " [tasks]"
-            mine.append(RunPlan(shown, seed, state, it, target, speed,
-                                "tasks" if row.kind == "upper_bound" else "iterations"))
+            shown = (row.name if row.same_as is None else f"{row.name} (= {row.same_as})") + mark
+            mine.append(RunPlan(shown, seed, state, it, target, speed, unit))
         known = [r.seconds_per_iteration for r in mine if r.seconds_per_iteration is not None]
         for r in mine:
             if r.seconds_per_iteration is None and known:
