@@ -93,7 +93,12 @@ def _build_no_source(t: _NoSourceConfig) -> _NoSource:
     return _NoSource(t.k_shot, t.query, t.form)
 
 
-registry.register("task", "nosource")(ComponentSpec("nosource", _NoSourceConfig, _build_no_source))
+@pytest.fixture
+def no_source_family():
+    """Task family "nosource" registered for one test (other tests list the registered names)."""
+    registry.register("task", "nosource")(ComponentSpec("nosource", _NoSourceConfig, _build_no_source))
+    yield
+    registry.table("task").pop("nosource", None)
 
 
 def toy_images(n_way=3, k_shot=2, query=3, per_class=9, rotate=False):
@@ -183,7 +188,7 @@ def test_tasks_are_trained_independently_of_batching():
     assert a["mean"] == pytest.approx(b["mean"], rel=1e-5)
 
 
-def test_cli_writes_test_json_and_refuses_bad_input(tmp_path, capsys):
+def test_cli_writes_test_json_and_refuses_bad_input(tmp_path, capsys, no_source_family):
     out = tmp_path / "ub"
     assert main(["upper-bound", "configs/sine_maml.toml", "--out", str(out), "--tasks", "3", "--train-points", "20",
                  "--steps", "5", "--no-progress", "model.hidden=[8]"]) == 0
@@ -208,7 +213,7 @@ def test_cli_writes_test_json_and_refuses_bad_input(tmp_path, capsys):
          "not a run directory")
 
 
-def test_start_from_a_learned_init(tmp_path):
+def test_start_from_a_learned_init(tmp_path, no_source_family):
     tiny = ["model.hidden=[8]", "task.query=10", "train.meta_batch=2", "train.iterations=2", "train.val_every=2",
             "train.val_tasks=3", "eval.tasks=3"]
     cfg = load("configs/sine_maml.toml", tiny)
