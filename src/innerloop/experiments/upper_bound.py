@@ -85,11 +85,16 @@ def _initial_params(cfg: Config, model: torch.nn.Module, init: str | Path | None
 PARTIAL = "upper_bound_partial.json"  # the tasks finished so far, until test.json is written
 
 
+def _tasks_done(record: dict[str, Any]) -> int:
+    """How many tasks a partial record holds (its groups are consecutive from task 0)."""
+    return int(record["chunks"][-1]["stop"]) if record["chunks"] else 0
+
+
 def _read_partial(path: Path) -> tuple[dict[str, Any], int]:
     """The stored partial record and the number of tasks it holds; ValueError if it is damaged."""
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
-        done = int(stored["chunks"][-1]["stop"]) if stored["chunks"] else 0
+        done = _tasks_done(stored)
         float(stored["seconds"])
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as e:
         raise ValueError(f"{path} is damaged ({type(e).__name__})") from None
@@ -112,7 +117,7 @@ def _start_or_resume(out: Path, record: dict[str, Any], n: int, resume: bool) ->
     if resume and not (out / "config.json").is_file():
         raise ConfigError(f"nothing to resume in {out} (no config.json); start the upper bound without --resume")
     if not path.is_file():
-        return {**record, "chunks": [], "seconds": 0.0}
+        return record
     try:
         stored, done = _read_partial(path)
     except ValueError as e:
@@ -175,7 +180,7 @@ def _upper_bound(cfg: Config, out: Path | None, o: UpperBoundOptions, progress: 
     if out is not None:
         record = _start_or_resume(out, record, n, bool(resume))
         ckpt.save_json(to_dict(cfg), out / "config.json")  # from now on a resumable run directory
-    done = record["chunks"][-1]["stop"] if record["chunks"] else 0
+    done = _tasks_done(record)
 
     def task_loss(p, x, y):
         return family.loss(functional_call(model, p, (x,)), y)
@@ -219,12 +224,11 @@ def _upper_bound(cfg: Config, out: Path | None, o: UpperBoundOptions, progress: 
             if out is not None:
                 ckpt.save_json({**record, "seconds": record["seconds"] + time.perf_counter() - t0}, out / PARTIAL)
             if progress:
-                print(f"upper bound: {record['chunks'][-1]['stop']}/{n} tasks", flush=True)
+                print(f"upper bound: {_tasks_done(record)}/{n} tasks", flush=True)
     except (KeyboardInterrupt, Stop) as e:
         stop = e if isinstance(e, Stop) else Stop(signal.SIGINT)
         if out is not None:
-            kept = record["chunks"][-1]["stop"] if record["chunks"] else 0
-            stop.detail = f"{kept} of {n} tasks are kept in {out / PARTIAL}; --resume continues"
+            stop.detail = f"{_tasks_done(record)} of {n} tasks are kept in {out / PARTIAL}; --resume continues"
         raise stop from None
 
     def column(key: str) -> torch.Tensor:
