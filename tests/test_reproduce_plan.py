@@ -57,6 +57,11 @@ def test_plan_lists_new_done_and_extended_runs_borrows_speeds_and_trains_nothing
     assert (out / "tiny" / "sgd" / "seed0" / "test.json").exists()
     assert not (out / "tiny" / "sgd" / "seed0" / "test-2-iterations.json").exists()  # nothing was extended
 
+    (out / "tiny" / "sgd" / "seed1" / "last.pt").unlink()  # a checkout without checkpoints: it trains from 0
+    lost = plan(table, out_root=out, only=["sgd"])[1]
+    assert (lost.state, lost.iteration, lost.remaining) == ("extend", 0, 5)
+    assert lost.seconds_per_iteration > 0  # the speed still comes from its log
+
     shutil.rmtree(out / "tiny" / "sgd" / "seed1")  # seed 1 as if never started: it borrows seed 0's speed
     runs = plan(table, out_root=out, only=["sgd"])
     assert [r.state for r in runs] == ["extend", "new"]

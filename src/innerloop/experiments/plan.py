@@ -1,8 +1,10 @@
 """``innerloop reproduce TABLE --plan``: what is left to train in a table, and about how long it takes.
 
 Nothing is trained or written. Each run of each row (one per training seed) is listed with its
-state (:func:`~innerloop.experiments.reproduce.run_state`), the iteration it reached (its last
-logged training row) and the iterations its row asks for. Speed is the run's own clock over its
+state (:func:`~innerloop.experiments.reproduce.run_state`), its iteration and the iterations its
+row asks for. The iteration of a run still to train is the one it resumes from: its ``last.pt``'s, or
+0 without one (a fresh checkout of committed results has no checkpoints: such a run trains again from
+the start); a finished run shows its last logged training row. Speed is the run's own clock over its
 iterations (``seconds`` in ``metrics.jsonl``, validation included), or else the mean of the other
 seeds of the row that have one; a run with neither is "unknown". Times are one run after another
 on this machine's speed when the runs were measured: with ``--jobs N`` the wall clock is about 1/N
@@ -16,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from innerloop.experiments.checkpoint import CheckpointError, load_torch
 from innerloop.experiments.config import ConfigError
 from innerloop.experiments.reproduce import run_dirs, run_state
 from innerloop.experiments.tables import read_table, resolve_table, row_config, runs_at, shared_owner
@@ -64,6 +67,15 @@ def progress(run_dir: Path) -> tuple[int, float | None]:
     return it, (float(secs) / it if it and isinstance(secs, int | float) else None)
 
 
+def resume_point(run_dir: Path) -> int:
+    """The iteration a resume of the run starts from: its ``last.pt``'s, 0 without a readable one."""
+    try:
+        it = load_torch(run_dir / "last.pt").get("iteration", 0)
+    except CheckpointError:
+        return 0
+    return it if isinstance(it, int) else 0
+
+
 def plan(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "results",
          only: list[str] | None = None) -> list[RunPlan]:
     table_path = resolve_table(table_path)
@@ -92,6 +104,8 @@ def plan(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "
         for seed, d in run_dirs(Path(out_root) / owner_path.stem, owner_table, owner):
             state, _ = run_state(owner_path, owner_table, owner, scale, seed, d)
             it, speed = count(d) if state != "new" else (0, None)
+            if unit == "iterations" and state in ("partial", "extend"):
+                it = resume_point(d)
             shown = (row.name if row.same_as is None else f"{row.name} (= {row.same_as})") + mark
             mine.append(RunPlan(shown, seed, state, it, target, speed, unit))
         known = [r.seconds_per_iteration for r in mine if r.seconds_per_iteration is not None]
