@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from innerloop.experiments.checkpoint import load_torch
+from innerloop.experiments.checkpoint import load_checkpoint
 from innerloop.experiments.train import load_run
 from innerloop.types import Task
 
@@ -63,20 +63,14 @@ def main() -> None:
         raise SystemExit(f"{a.run_dir} is not a MetaMiDA run (geometry {cfg.geometry.name})")
     batch = family.for_split("val").fixed_tasks(a.tasks, cfg.train.val_seed)
     for f in a.checkpoints or [a.run_dir / "best.pt"]:
-        state = load_torch(f)
+        state = load_checkpoint(f, "best")  # last.pt holds what best.pt does, and more
         algo.load_state_dict(state["algorithm"])
         rows = [first_step(algo, Task(*(t[i] for t in batch)), cfg.rule.lr) for i in range(a.tasks)]
-
-        def mean(key: str, rows=rows) -> float:
-            return sum(r[key] for r in rows) / len(rows)
-
-        blocks = len(rows[0]["ratio"])
-        ratio = [sum(r["ratio"][b] for r in rows) / len(rows) for b in range(blocks)]
-        coupling = [sum(r["coupling"][b] for r in rows) / len(rows) for b in range(blocks)]
-        print(f"iteration {state['iteration']}: support loss at g(z0) {mean('start'):.2f}, after one mirror step "
-              f"{mean('mirror'):.2f}, after one Euclidean step from g(z0) {mean('euclid'):.2f}")
-        print("  per block, |mirror step| / |Euclidean step|: " + " ".join(f"{v:.3f}" for v in ratio))
-        print("  per block, share from the other blocks:      " + " ".join(f"{v:.3f}" for v in coupling))
+        m = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64).mean(0) for k in rows[0]}
+        print(f"iteration {state['iteration']}: support loss at g(z0) {m['start']:.2f}, after one mirror step "
+              f"{m['mirror']:.2f}, after one Euclidean step from g(z0) {m['euclid']:.2f}")
+        print("  per block, |mirror step| / |Euclidean step|: " + " ".join(f"{v:.3f}" for v in m["ratio"].tolist()))
+        print("  per block, share from the other blocks:      " + " ".join(f"{v:.3f}" for v in m["coupling"].tolist()))
 
 
 if __name__ == "__main__":

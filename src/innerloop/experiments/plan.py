@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from innerloop.experiments.checkpoint import CheckpointError, load_torch
+from innerloop.experiments.checkpoint import CheckpointError, load_checkpoint
 from innerloop.experiments.config import ConfigError
 from innerloop.experiments.reproduce import run_dirs, run_state
 from innerloop.experiments.tables import read_table, resolve_table, row_config, runs_at, shared_owner
@@ -68,12 +68,11 @@ def progress(run_dir: Path) -> tuple[int, float | None]:
 
 
 def resume_point(run_dir: Path) -> int:
-    """The iteration a resume of the run starts from: its ``last.pt``'s, 0 without a readable one."""
+    """The iteration a resume of the run starts from: its ``last.pt``'s, 0 without a valid one."""
     try:
-        it = load_torch(run_dir / "last.pt").get("iteration", 0)
+        return load_checkpoint(run_dir / "last.pt", "last")["iteration"]
     except CheckpointError:
         return 0
-    return it if isinstance(it, int) else 0
 
 
 def plan(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "results",
