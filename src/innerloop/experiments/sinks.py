@@ -9,7 +9,8 @@ checkpoint, and every other sink is then brought in line with it:
   stay in ``metrics.jsonl`` only. On a resume the file is rewritten (atomically) from the rows of
   ``metrics.jsonl`` that were kept, so it never holds a row the resumed run repeats.
 * ``tensorboard/`` (``"tensorboard"``, the optional extra ``innerloop[tensorboard]``) —
-  ``torch.utils.tensorboard.SummaryWriter`` scalars ``train/loss``, ``train/metric``, ``val/metric``,
+  ``torch.utils.tensorboard.SummaryWriter`` scalars ``train/loss``, ``train/metric``,
+  ``train/grad_norm_max``, ``val/metric``,
   ``val/ci95`` at step ``iteration``, and ``test/metric``, ``test/ci95`` at the last iteration. On a
   resume the writer opens with ``purge_step`` one past the checkpoint, so TensorBoard drops the
   events of the iterations repeated; a run whose ``tensorboard/`` is missing gets the kept rows
@@ -31,7 +32,7 @@ SINKS = ("jsonl", "csv", "tensorboard")
 CSV_NAME = "metrics.csv"
 TB_DIR = "tensorboard"
 #: the columns of ``metrics.csv``, in order
-CSV_COLUMNS = ("iteration", "seconds", "loss", "metric", "val", "val_ci95", "best_iteration")
+CSV_COLUMNS = ("iteration", "seconds", "loss", "metric", "val", "val_ci95", "best_iteration", "grad_norm_max")
 
 
 def _cell(v: Any) -> str:
@@ -83,7 +84,8 @@ def check_available(sinks: Iterable[str]) -> None:
 
 
 #: metrics.jsonl key -> TensorBoard tag, per kind of row
-TB_TAGS = {"loss": "train/loss", "metric": "train/metric", "val": "val/metric", "val_ci95": "val/ci95"}
+TB_TAGS = {"loss": "train/loss", "metric": "train/metric", "grad_norm_max": "train/grad_norm_max", "val": "val/metric",
+           "val_ci95": "val/ci95"}
 
 
 class TensorBoardSink:

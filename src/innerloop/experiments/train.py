@@ -202,6 +202,9 @@ def _meta_train(cfg: Config, run: Run, progress: bool, stop_at: int | None
     val_tasks = family.for_split("val").fixed_tasks(tc.val_tasks, tc.val_seed)
     sign = 1.0 if family.higher_is_better else -1.0
     start, best_score, best_it, seconds_before = 0, -math.inf, -1, 0.0
+    # the largest meta-gradient norm since the last training row: one huge step can fill Adam's second
+    # moment and stall every meta-parameter for thousands of steps while loss and metric look merely flat
+    grad_max = torch.zeros((), dtype=torch.float64, device=device)
 
     state = run.resume_state
     if state is not None:
@@ -209,6 +212,7 @@ def _meta_train(cfg: Config, run: Run, progress: bool, stop_at: int | None
         start, best_score, best_it = state["iteration"], float(state["best_score"]), state["best_iteration"]
         path = state["path"]
         seconds_before = float(state.get("train_seconds", 0.0))
+        grad_max.fill_(float(state.get("grad_norm_max", 0.0)))  # checkpoints written before it was kept: 0
     else:
         run.log(event="start", path=path, meta_parameters=sum(p.numel() for p in params))
     executor = distributed.executor_for(algo.executor(path))  # under torchrun: Distributed around it
@@ -233,6 +237,7 @@ def _meta_train(cfg: Config, run: Run, progress: bool, stop_at: int | None
             "best_iteration": best_it,
             "path": path,
             "train_seconds": seconds(),
+            "grad_norm_max": float(grad_max),
         })
 
     # batches are drawn ahead in a thread; an iteration takes the generator state that came with
@@ -254,15 +259,19 @@ def _meta_train(cfg: Config, run: Run, progress: bool, stop_at: int | None
                         f"meta-loss is not finite at iteration {it + 1} ({stats}); lower train.meta_lr or the "
                         f"rule's lr, or set train.clip_grad_norm ({run.checkpoint_note()})")
                 if opt is not None:
-                    if tc.clip_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(params, tc.clip_grad_norm)
+                    grads = [p.grad for p in params if p.grad is not None]
+                    norm = (torch.nn.utils.clip_grad_norm_(params, tc.clip_grad_norm) if tc.clip_grad_norm is not None
+                            else torch.nn.utils.get_total_norm(grads) if grads else grad_max)
+                    grad_max = torch.maximum(grad_max, norm.to(grad_max))  # NaN propagates: logged as null
                     opt.step()
                     if sched is not None:
                         sched.step()
                 it += 1
                 gen_state = feed.state_after
                 if it % tc.log_every == 0 or it == tc.iterations:
-                    run.log(iteration=it, loss=stats["loss"], metric=stats["metric"], seconds=seconds())
+                    row = {"grad_norm_max": float(grad_max)} if opt is not None else {}
+                    run.log(iteration=it, loss=stats["loss"], metric=stats["metric"], **row, seconds=seconds())
+                    grad_max.zero_()
                     postfix["loss"] = f"{stats['loss']:.4g}"
                 if it % tc.val_every == 0 or it == tc.iterations:
                     v = summarize(evaluate_tasks(algo, val_tasks, path=path, batch=cfg.eval.batch,
