@@ -187,9 +187,10 @@ def dense_kfo(xi: dict, g, *, depth, psd, normalize, scale, eps, view):
     return v.reshape(g.shape)
 
 
-RULE_SETTINGS = {
-    "klin": dict(depth=1, normalize=False, scale=False),
-    "kfc": dict(depth=2, normalize=True, scale=True),
+RULE_SETTINGS = {  # each rule's defaults (KLin's psd as released; KFC's plain factors as in the paper)
+    "klin": dict(depth=1, normalize=False, scale=False, psd=True),
+    "kfc": dict(depth=2, normalize=True, scale=True, psd=False),
+    "kfc-psd": dict(depth=2, normalize=True, scale=True, psd=True),  # the option
 }
 
 
@@ -208,7 +209,7 @@ def reference_adaptation(model, theta0, xi0, x, y, *, name, lr, steps, first_ord
                 xi[k][p] = xi[k][p] - lr * d
         grads = torch.autograd.grad(loss, list(theta.values()), create_graph=not first_order)
         theta = {k: v - lr * dense_kfo(xi[k], g, depth=st["depth"] if HAND_VIEWS[k][:2] != (1, 1) else 1,
-                                        psd=True, normalize=st["normalize"], scale=st["scale"], eps=1e-8,
+                                        psd=st["psd"], normalize=st["normalize"], scale=st["scale"], eps=1e-8,
                                         view=HAND_VIEWS[k])
                  for (k, v), g in zip(theta.items(), grads, strict=True)}
         if st["scale"]:
@@ -218,12 +219,13 @@ def reference_adaptation(model, theta0, xi0, x, y, *, name, lr, steps, first_ord
 
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("steps", [2, 3])
-@pytest.mark.parametrize("name", ["klin", "kfc"])
+@pytest.mark.parametrize("name", ["klin", "kfc", "kfc-psd"])
 def test_kfo_inner_adaptation_matches_hand_unrolled_reference(name, steps, first_order):
     lr = 0.4
     model = tiny_model()
     shapes = {k: v.shape for k, v in model.named_parameters()}
-    rule = build(name, shapes, steps=steps, lr=lr)
+    option = {"psd": True} if name == "kfc-psd" else {}
+    rule = build(name.removesuffix("-psd"), shapes, steps=steps, lr=lr, **option)
     assert isinstance(rule, KroneckerOptimizer)
     # away from the identity, both ReLU sides active. (At some seeds the 3-element conv bias is negative
     # before the ReLU at every step; its factors then get exactly zero meta-gradient, in both computations.)
@@ -267,7 +269,7 @@ def test_kfo_inner_adaptation_matches_hand_unrolled_reference(name, steps, first
         torch.testing.assert_close(got_by_name[k], want_by_name[k], rtol=1e-10, atol=1e-12, msg=k)
 
     # the reported scales are the adapted s_t used at step t
-    if name == "kfc":
+    if RULE_SETTINGS[name]["scale"]:
         assert set(res.trace) == {"support_grad_norm"} | {f"scale.{k}" for k in shapes}
         for k in shapes:
             torch.testing.assert_close(res.trace[f"scale.{k}"], torch.stack([s[k] for s in scales]),
@@ -447,3 +449,20 @@ def test_psd_sandwich_is_the_gram_products_in_either_order(b, n, m):
     left, right = (torch.randn(d, d, generator=gen, dtype=torch.float64) for d in (n, m))
     g = torch.randn(b, n, m, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(psd_sandwich(left, g, right), gram(left) @ g @ gram(right), rtol=1e-10, atol=1e-9)
+
+
+def test_kfc_factors_are_plain_by_default_and_klin_keeps_psd():
+    """Issue 14 item 3: the paper's KFC is L_h σ(… σ(L_1 G R_1) …) R_h with plain factors (KFC was not
+    released); LᵀL G RᵀR is the released KLin's parametrisation, so KLin keeps it and KFC offers it."""
+    shapes = {"w": torch.Size([3, 2])}
+    plain = dict(depth=1, normalize=False)  # normalize would scale by ‖g‖/(‖g‖+ε)
+    kfc, kfc_psd, klin = build("kfc", shapes, **plain), build("kfc", shapes, **plain, psd=True), build("klin", shapes)
+    assert (kfc.psd, kfc_psd.psd, klin.psd) == (False, True, True)
+    with torch.no_grad():  # a non-symmetric factor tells L G R from LᵀL G RᵀR
+        for rule in (kfc, kfc_psd):
+            rule.left[0]["w"].copy_(torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=DT))
+    g = torch.randn(3, 2, dtype=DT, generator=torch.Generator().manual_seed(3))
+    left = kfc.left[0]["w"].detach()
+    for rule, factor in ((kfc, left), (kfc_psd, left.T @ left)):
+        xi = rule.meta_xi(["w"])["w"]
+        torch.testing.assert_close(rule.transform("w", xi, g), xi["s"].detach() * (factor @ g), rtol=1e-12, atol=1e-12)

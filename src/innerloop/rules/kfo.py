@@ -29,7 +29,8 @@ Transforms (per adapted tensor, on the matrix view of :mod:`innerloop.rules.kron
 
 * **KLin**: ``U(G) = L G R``, identity init, no bias; ``psd`` (default on, as released) uses
   ``LᵀL`` and ``RᵀR``.
-* **KFC**: ``depth`` such maps with a ReLU between consecutive ones (no bias), and with
+* **KFC**: ``depth`` such maps with a ReLU between consecutive ones (no bias; plain factors
+  ``L G R`` as in the paper's equation by default, ``psd`` opt-in), and with
   ``normalize`` (default) ``U(g) = s · ‖g‖ · KFC(g / (‖g‖ + ε))`` (Frobenius norm of the whole
   tensor gradient, ``ε = 1e-8``); ``s`` is a learnable per-tensor scale, init 1, adapted in the
   inner loop with the factors (it multiplies the update whether or not ``normalize`` is on).
@@ -237,7 +238,9 @@ class KFCConfig(RuleConfig):
     name: Literal["kfc"] = "kfc"
     lr: PositiveFloat = 0.01
     depth: PositiveInt = 2  # the paper: 2 for the synthetic task, 4 for CNNs
-    psd: bool = True
+    # the paper's KFC has plain factors L_i G R_i; LᵀL / RᵀR is the released code's KLin option and
+    # KFC was not released, so psd is opt-in here (KLin keeps it on, as released)
+    psd: bool = False
     normalize: bool = True
     eps: PositiveFloat = 1e-8
     init: Literal["identity", "perturbed"] = "identity"
