@@ -259,9 +259,10 @@ def _meta_train(cfg: Config, run: Run, progress: bool, stop_at: int | None
                         f"meta-loss is not finite at iteration {it + 1} ({stats}); lower train.meta_lr or the "
                         f"rule's lr, or set train.clip_grad_norm ({run.checkpoint_note()})")
                 if opt is not None:
-                    grads = [p.grad for p in params if p.grad is not None]
-                    norm = (torch.nn.utils.clip_grad_norm_(params, tc.clip_grad_norm) if tc.clip_grad_norm is not None
-                            else torch.nn.utils.get_total_norm(grads) if grads else grad_max)
+                    if tc.clip_grad_norm is not None:  # returns the norm before clipping
+                        norm = torch.nn.utils.clip_grad_norm_(params, tc.clip_grad_norm)
+                    else:
+                        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                     grad_max = torch.maximum(grad_max, norm.to(grad_max))  # NaN propagates: logged as null
                     opt.step()
                     if sched is not None:
