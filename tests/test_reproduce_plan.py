@@ -45,6 +45,10 @@ def test_plan_lists_new_done_and_extended_runs_borrows_speeds_and_trains_nothing
     assert [(r.state, r.iteration, r.remaining, r.seconds_left) for r in plan(table, out_root=out)][:2] == [
         ("done", 2, 0, 0.0), ("done", 2, 0, 0.0)]
 
+    (out / "tiny" / "sgd" / "seed0" / "metrics.jsonl").unlink()  # old results keep test.json, not their log
+    assert (plan(table, out_root=out)[0].state, plan(table, out_root=out)[0].iteration) == ("done", 2)
+    shutil.copy(out / "tiny" / "sgd" / "seed1" / "metrics.jsonl", out / "tiny" / "sgd" / "seed0")
+
     table = _table(tmp_path, 5)  # more iterations: both runs will be extended, at the speed they ran
     extended = plan(table, out_root=out)[:2]
     assert [(r.state, r.iteration, r.iterations, r.remaining) for r in extended] == [("extend", 2, 5, 3)] * 2

@@ -105,6 +105,8 @@ def plan(table_path: str | Path, *, scale: str = "cpu", out_root: str | Path = "
             it, speed = count(d) if state != "new" else (0, None)
             if unit == "iterations" and state in ("partial", "extend"):
                 it = resume_point(d)
+            elif state == "done":  # finished at the target, whether or not its log was kept
+                it = target
             shown = (row.name if row.same_as is None else f"{row.name} (= {row.same_as})") + mark
             mine.append(RunPlan(shown, seed, state, it, target, speed, unit))
         known = [r.seconds_per_iteration for r in mine if r.seconds_per_iteration is not None]
