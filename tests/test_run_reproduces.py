@@ -1,18 +1,27 @@
 """The Run refactor changed no number: a short sine run and a short glyph run (loop path, fixed
-seeds) reproduce, bit for bit, the metrics.jsonl rows and test.json recorded on main (c367cdd)
-before the refactor. Wall-clock and memory fields are left out of the comparison.
+seeds, 2 threads) reproduce, bit for bit, the metrics.jsonl rows and test.json recorded on main
+(c367cdd) before the refactor. Wall-clock and memory fields are left out of the comparison.
 
-Regenerate ``data/run_record.json`` only on purpose (a deliberate change of the numbers):
-``python tests/test_run_reproduces.py``.
+Bit for bit holds on one kind of CPU only: PyTorch's float32 kernels round differently on Intel and
+AMD processors (measured on an AMD EPYC: the sine run's loss at iteration 5 is 2.7420327189564704
+against the record's 2.742032722234726, and a glyph accuracy differs by 3%), and with the thread
+count. So ``data/run_record.json`` holds one record per CPU vendor, each made with 2 threads; the
+first one (``GenuineIntel``) was made on the sessions' usual machine, which issue 18 sets apart from
+"another 2-core machine (AMD EPYC)". On a vendor without a record the test is skipped.
+
+Add or regenerate the current vendor's record only on purpose (a new kind of CPU, or a deliberate
+change of the numbers): ``python tests/test_run_reproduces.py``.
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from innerloop.experiments.config import load
 from innerloop.experiments.train import train
@@ -20,6 +29,7 @@ from innerloop.experiments.train import train
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = Path(__file__).parent / "data" / "run_record.json"
 CLOCK = {"seconds", "train_seconds", "peak_rss_mb"}  # machine- and load-dependent, never compared
+LATER = {"grad_norm_max"}  # logged since the record was made; a new field, not a changed number
 
 RUNS = {
     "sine": ("configs/sine_maml.toml", [
@@ -35,18 +45,43 @@ def _without_clock(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in CLOCK}
 
 
+THREADS = 2  # the records' thread count: rounding depends on it
+
+
+def cpu_vendor() -> str:
+    """``vendor_id`` of /proc/cpuinfo (GenuineIntel, AuthenticAMD, ...), else the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine() or "unknown"
+
+
 def record_of(name: str, out: Path) -> dict:
     """Train run ``name`` into ``out``; its metrics rows and test summary without the clock fields."""
     config, overrides = RUNS[name]
-    train(load(ROOT / config, overrides), out, progress=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        train(load(ROOT / config, overrides), out, progress=False)
+    finally:
+        torch.set_num_threads(before)
     rows = [_without_clock(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"metrics": rows, "test": _without_clock(json.loads((out / "test.json").read_text()))}
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_recorded_run_reproduces_bit_for_bit(name, tmp_path):
-    want = json.loads(RECORD.read_text())[name]
+    records = json.loads(RECORD.read_text())
+    if cpu_vendor() not in records:
+        pytest.skip(f"no record for {cpu_vendor()} CPUs ({', '.join(records)} only): "
+                    "python tests/test_run_reproduces.py makes one")
+    want = records[cpu_vendor()][name]
     got = record_of(name, tmp_path / name)
+    assert all(r["grad_norm_max"] > 0 for r in got["metrics"] if "loss" in r)
+    got["metrics"] = [{k: v for k, v in r.items() if k not in LATER} for r in got["metrics"]]
     assert got["metrics"] == want["metrics"]  # floats compared with ==: JSON keeps every bit of a float64
     assert got["test"] == want["test"]
 
@@ -56,5 +91,8 @@ if __name__ == "__main__":
 
     with tempfile.TemporaryDirectory() as d:
         rec = {n: record_of(n, Path(d) / n) for n in sorted(RUNS)}
-    RECORD.write_text(json.dumps(rec, indent=1) + "\n")
-    print(f"wrote {RECORD}", file=sys.stderr)
+    for r in rec.values():
+        r["metrics"] = [{k: v for k, v in row.items() if k not in LATER} for row in r["metrics"]]
+    records = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    RECORD.write_text(json.dumps({**records, cpu_vendor(): rec}, indent=1) + "\n")
+    print(f"wrote the {cpu_vendor()} record of {RECORD}", file=sys.stderr)
