@@ -46,7 +46,8 @@ def test_plan_lists_new_done_and_extended_runs_borrows_speeds_and_trains_nothing
         ("done", 2, 0, 0.0), ("done", 2, 0, 0.0)]
 
     (out / "tiny" / "sgd" / "seed0" / "metrics.jsonl").unlink()  # old results keep test.json, not their log
-    assert (plan(table, out_root=out)[0].state, plan(table, out_root=out)[0].iteration) == ("done", 2)
+    logless = plan(table, out_root=out)[0]
+    assert (logless.state, logless.iteration) == ("done", 2)
     shutil.copy(out / "tiny" / "sgd" / "seed1" / "metrics.jsonl", out / "tiny" / "sgd" / "seed0")
 
     table = _table(tmp_path, 5)  # more iterations: both runs will be extended, at the speed they ran

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECORD = Path(__file__).parent / "data" / "run_record.json"
 CLOCK = {"seconds", "train_seconds", "peak_rss_mb"}  # machine- and load-dependent, never compared
 LATER = {"grad_norm_max"}  # logged since the record was made; a new field, not a changed number
+THREADS = 2  # the records' thread count: rounding depends on it
 
 RUNS = {
     "sine": ("configs/sine_maml.toml", [
@@ -45,9 +46,6 @@ def _without_clock(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in CLOCK}
 
 
-THREADS = 2  # the records' thread count: rounding depends on it
-
-
 def cpu_vendor() -> str:
     """``vendor_id`` of /proc/cpuinfo (GenuineIntel, AuthenticAMD, ...), else the machine type."""
     try:
@@ -57,6 +55,11 @@ def cpu_vendor() -> str:
     except OSError:
         pass
     return platform.machine() or "unknown"
+
+
+def as_recorded(rows: list[dict]) -> list[dict]:
+    """Metrics rows without the fields logged since the records were made."""
+    return [{k: v for k, v in r.items() if k not in LATER} for r in rows]
 
 
 def record_of(name: str, out: Path) -> dict:
@@ -81,8 +84,7 @@ def test_recorded_run_reproduces_bit_for_bit(name, tmp_path):
     want = records[cpu_vendor()][name]
     got = record_of(name, tmp_path / name)
     assert all(r["grad_norm_max"] > 0 for r in got["metrics"] if "loss" in r)
-    got["metrics"] = [{k: v for k, v in r.items() if k not in LATER} for r in got["metrics"]]
-    assert got["metrics"] == want["metrics"]  # floats compared with ==: JSON keeps every bit of a float64
+    assert as_recorded(got["metrics"]) == want["metrics"]  # floats compared with ==: JSON keeps every bit of a float64
     assert got["test"] == want["test"]
 
 
@@ -92,7 +94,7 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as d:
         rec = {n: record_of(n, Path(d) / n) for n in sorted(RUNS)}
     for r in rec.values():
-        r["metrics"] = [{k: v for k, v in row.items() if k not in LATER} for row in r["metrics"]]
+        r["metrics"] = as_recorded(r["metrics"])
     records = json.loads(RECORD.read_text()) if RECORD.exists() else {}
     RECORD.write_text(json.dumps({**records, cpu_vendor(): rec}, indent=1) + "\n")
     print(f"wrote the {cpu_vendor()} record of {RECORD}", file=sys.stderr)

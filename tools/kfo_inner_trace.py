@@ -3,8 +3,9 @@ inner loop on the tasks of the next meta-step, per inner step and adapted tensor
 norm, the update's norm, the largest factor norm and the scale ``s`` of the transform in use.
 
 The replay draws the same batches and initial weights as ``innerloop train`` (same seed, Adam at
-``train.meta_lr``, or ``train.rule_meta_lr`` for the rule's parameters, and ``train.clip_grad_norm``),
-so ``--at 7`` shows the inner loop of the run's 7th meta-step. Nothing is written.
+``train.meta_lr``, or ``train.rule_meta_lr`` for the rule's parameters, and ``train.clip_grad_norm``;
+no ``train.lr_step`` schedule, so ``--at`` past the first lr step no longer follows the run), so
+``--at 7`` shows the inner loop of the run's 7th meta-step. Nothing is written.
 
     .venv/bin/python tools/kfo_inner_trace.py CONFIG_OR_RUN_DIR [key=value ...] --at 7
 """
