@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,9 @@ def test_per_tensor_norms_make_the_logged_norm_and_the_replay_is_the_run(tmp_pat
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in line]
     out = tmp_path / "grads.csv"
-    printed = subprocess.run([sys.executable, str(TOOL), str(write_config(tmp_path / "tiny.toml")), "--until", "5",
-                              "--out", str(out), "--top", "2"], capture_output=True, text=True, check=True).stdout
+    command = [sys.executable, str(TOOL), str(write_config(tmp_path / "tiny.toml")), "--until", "5", "--out", str(out),
+               "--top", "2", "--next"]
+    printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5]
@@ -34,4 +36,9 @@ def test_per_tensor_norms_make_the_logged_norm_and_the_replay_is_the_run(tmp_pat
     replayed = [json.loads(line)["loss"] for line in (tmp_path / "grads.csv.run" / "metrics.jsonl").read_text()
                 .splitlines() if '"loss"' in line]
     assert replayed == [log["loss"] for log in logged[:5]]
-    assert "5 meta-steps, 4 tensors" in printed and printed.count("meta-step ") == 2
+    assert "5 meta-steps, 4 tensors" in printed
+    # --next: meta-step 6 from the replay's last.pt is the run's sixth step, task by task
+    step6 = re.search(r"meta-step 6: query loss \S+, meta-gradient norm (\S+)", printed)
+    assert step6 and math.isclose(float(step6[1]), logged[5]["grad_norm_max"], rel_tol=1e-4)
+    assert len(re.findall(r"  task \d: query loss", printed)) == 4  # meta-batch 4
+    assert printed.count("|dq/d initial|") == 4 * 4  # per task, per adapted tensor
