@@ -4,9 +4,8 @@ Replays a config (or a run directory's config.json) through ``innerloop.experime
 itself — the same batches, initialisation, outer optimizer and clipping, so its losses equal the
 run's — for ``--until`` meta-steps, and records, before every outer-optimizer step, the norm of each
 meta-parameter tensor's gradient as the optimizer receives it (after ``train.clip_grad_norm`` when it
-is set). No validation and no final test run. Writes a
-CSV (``iteration``, ``total``, one column per tensor) and prints the ``--top`` largest steps with
-the tensors that make most of their squared norm.
+is set). No validation and no final test run. Writes a CSV (``iteration``, ``total``, one column per
+tensor) and prints the ``--top`` largest steps with the tensors that make most of their squared norm.
 
 With ``--next`` it then takes meta-step ``until + 1``'s batch from the replay's ``last.pt`` and prints,
 per task: the task's own meta-gradient norm; its inner loop (support loss and support-gradient norm
@@ -47,7 +46,8 @@ def recording_optimizer(rows: list[list[float]], names: list[str]):
 
     def make(algo, tc):
         opt = original(algo, tc)
-        named = [(n, p) for n, p in algo.named_parameters() if any(p is q for q in algo.meta_parameters())]
+        meta = {id(q) for q in algo.meta_parameters()}
+        named = [(n, p) for n, p in algo.named_parameters() if id(p) in meta]
         names[:] = [n for n, _ in named]
         step = opt.step
 
