@@ -61,8 +61,8 @@ def recording_optimizer(rows: list[list[float]], names: list[str]):
     return make
 
 
-def grad_norm(params) -> float:
-    return math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params if p.grad is not None))
+def norm_of(grads) -> float:
+    return float(torch.nn.utils.get_total_norm([g for g in grads if g is not None]))
 
 
 def next_step(cfg, last: Path) -> None:
@@ -78,20 +78,19 @@ def next_step(cfg, last: Path) -> None:
     algo.zero_grad(set_to_none=True)
     stats = algo.meta_backward(batch, state["path"])
     print(f"meta-step {state['iteration'] + 1}: query loss {stats['loss']:.4g}, meta-gradient norm "
-          f"{grad_norm(params):.4g}")
+          f"{norm_of(p.grad for p in params):.4g}")
     for i in range(cfg.train.meta_batch):
-        task = Task(*(t[i : i + 1] for t in batch))
-        algo.zero_grad(set_to_none=True)
-        stats = algo.meta_backward(task, state["path"])
+        task = Task(*(t[i] for t in batch))
         start = algo.params()
-        out, res = algo.run_task(start, Task(*(t[0] for t in task)), steps=algo.inner_steps,
-                                 first_order=algo.first_order, value_and_grad=autograd_value_and_grad,
-                                 training=True)
-        query = algo.loss_fn(out, task.query_y[0])
+        out, res = algo.run_task(start, task, steps=algo.inner_steps, first_order=algo.first_order,
+                                 value_and_grad=autograd_value_and_grad, training=True)
+        query = algo.loss_fn(out, task.query_y)
         names = list(res.params)
-        at_end = torch.autograd.grad(query, [res.params[n] for n in names], retain_graph=True)
-        at_start = torch.autograd.grad(query, [start[n] for n in names], allow_unused=True)
-        print(f"  task {i}: query loss {stats['loss']:.4g}, its meta-gradient norm {grad_norm(params):.4g}")
+        # one backward pass: the task's meta-gradient, and the query loss's gradient at both ends
+        grads = torch.autograd.grad(query, [*(res.params[n] for n in names), *(start[n] for n in names), *params],
+                                    allow_unused=True)
+        at_end, at_start, meta = grads[: len(names)], grads[len(names) : 2 * len(names)], grads[2 * len(names) :]
+        print(f"  task {i}: query loss {float(query.detach()):.4g}, its meta-gradient norm {norm_of(meta):.4g}")
         print("    support loss per inner step: " + " ".join(f"{float(v):.4g}" for v in res.support_losses))
         print("    support-gradient norm:       " + " ".join(f"{float(v):.4g}" for v in res.trace["support_grad_norm"]))
         for n, e, s0 in zip(names, at_end, at_start, strict=True):
