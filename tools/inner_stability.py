@@ -140,14 +140,14 @@ def main() -> None:
     else:
         batch = family.for_split("val").fixed_tasks(a.tasks, cfg.train.val_seed)
     algo.double()
-    torch.set_num_threads(1)
+    device = next(algo.parameters()).device
     alpha = cfg.rule.lr
     print(f"{a.run_dir} at iteration {state['iteration']} ({f.name}), geometry {cfg.geometry.name}, α = {alpha}, "
           f"{'the next meta-batch' if a.next else 'validation tasks'}")
     power = torch.Generator().manual_seed(0)
     rows = []
     for i in range(batch.support_x.shape[0]):
-        task = Task(*(x[i].double() if x.is_floating_point() else x[i] for x in batch))
+        task = Task(*((x[i].double() if x.is_floating_point() else x[i]).to(device) for x in batch))
         r = trace_task(algo, task, alpha, a.iters, power)
         rows.append(r)
         if a.per_task:
