@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from innerloop.executors.grads import autograd_value_and_grad
 from innerloop.experiments.build import build
 from innerloop.experiments.train import train
 from innerloop.types import Task
@@ -21,8 +22,8 @@ inner_stability = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(inner_stability)
 
 
-def _linear_task(cfg):
-    """A float64 linear-regression model (no hidden layer: the support loss is quadratic) and one task."""
+def _float64_task(cfg):
+    """The config's algorithm in float64 and one of its tasks."""
     family, algo = build(cfg)
     algo.double()
     batch = family.sample(1, torch.Generator().manual_seed(3))
@@ -39,7 +40,7 @@ def _mse_grad(x, y, theta):
 
 def test_eigenvalue_and_growth_are_the_quadratics_closed_forms():
     cfg = tiny("model.hidden=[]", "algorithm.inner_steps=3")
-    algo, task = _linear_task(cfg)
+    algo, task = _float64_task(cfg)
     sx, qx = _design(task.support_x), _design(task.query_x)
     hessian = 2.0 / len(sx) * sx.T @ sx  # of the mean squared error in (weight, bias)
     top = float(torch.linalg.eigvalsh(hessian).max())
@@ -63,8 +64,8 @@ def test_eigenvalue_and_growth_are_the_quadratics_closed_forms():
 
 
 def test_a_fresh_mirror_map_measures_as_the_euclidean_geometry():
-    euclid, task = _linear_task(tiny("algorithm.inner_steps=3"))
-    mirror, _ = _linear_task(tiny("algorithm.inner_steps=3", "geometry.name=mirror"))
+    euclid, task = _float64_task(tiny("algorithm.inner_steps=3"))
+    mirror, _ = _float64_task(tiny("algorithm.inner_steps=3", "geometry.name=mirror"))
     mirror.model.load_state_dict(euclid.model.state_dict())  # the map starts as the identity
     a = inner_stability.trace_task(euclid, task, 0.1, 30, torch.Generator().manual_seed(0))
     b = inner_stability.trace_task(mirror, task, 0.1, 30, torch.Generator().manual_seed(0))
@@ -95,3 +96,15 @@ def test_the_command_on_a_run_directory(tmp_path):
     train(tiny("rule.name=meta_sgd"), tmp_path / "msgd", progress=False)
     refused = _tool(str(tmp_path / "msgd"))
     assert refused.returncode != 0 and "plain SGD" in refused.stderr
+
+
+def test_the_traced_inner_loop_is_the_librarys_on_a_trained_looking_mirror_map():
+    algo, task = _float64_task(tiny("algorithm.inner_steps=3", "geometry.name=mirror", "model.hidden=[8]"))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # move the map away from the identity, every flow parameter
+        for p in algo.geometry.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    _, res = algo.run_task(algo.params(), task, steps=3, first_order=False, value_and_grad=autograd_value_and_grad)
+    r = inner_stability.trace_task(algo, task, algo.rule.lr, 5, torch.Generator().manual_seed(0))
+    assert torch.allclose(torch.tensor(r["losses"], dtype=torch.float64), res.support_losses, rtol=1e-12, atol=0)
+    assert abs(r["end"] - 1.0) > 1e-3  # the map is no longer the identity
