@@ -39,7 +39,7 @@ def _mse_grad(x, y, theta):
 
 
 def test_eigenvalue_and_growth_are_the_quadratics_closed_forms():
-    cfg = tiny("model.hidden=[]", "algorithm.inner_steps=3")
+    cfg = tiny("model.hidden=[]", "algorithm.inner_steps=3")  # linear regression: the support loss is quadratic
     algo, task = _float64_task(cfg)
     sx, qx = _design(task.support_x), _design(task.query_x)
     hessian = 2.0 / len(sx) * sx.T @ sx  # of the mean squared error in (weight, bias)
