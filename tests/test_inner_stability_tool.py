@@ -45,9 +45,11 @@ def test_eigenvalue_and_growth_are_the_quadratics_closed_forms():
     hessian = 2.0 / len(sx) * sx.T @ sx  # of the mean squared error in (weight, bias)
     top = float(torch.linalg.eigvalsh(hessian).max())
     alpha = 1.5 / top  # past the point where α·λ_max = 1: the top direction flips sign each step
-    forward = algo.prepare(algo.params(), task)[0]
-    got = inner_stability.top_eigenvalue(lambda p: algo.loss_fn(forward(p, task.support_x), task.support_y),
-                                         algo.params(), 60, torch.Generator().manual_seed(0))
+    forward, start = algo.prepare(algo.params(), task)[:2]
+    wrt = list(start.values())
+    loss = algo.loss_fn(forward(start, task.support_x), task.support_y)
+    got = inner_stability.top_eigenvalue(torch.autograd.grad(loss, wrt, create_graph=True), wrt, 60,
+                                         torch.Generator().manual_seed(0))
     assert abs(got - top) < 1e-9 * top
 
     r = inner_stability.trace_task(algo, task, alpha, 60, torch.Generator().manual_seed(0))

@@ -30,14 +30,15 @@ next meta-step of training). Nothing is written.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from pathlib import Path
 
 import torch
 
+from innerloop.experiments.build import build
 from innerloop.experiments.checkpoint import CheckpointError, load_checkpoint
-from innerloop.experiments.train import load_run
+from innerloop.experiments.config import validate
+from innerloop.experiments.run import read_run_config
 from innerloop.types import Task
 
 
@@ -46,19 +47,18 @@ def _dot(xs, ys) -> torch.Tensor:
 
 
 def _norm(xs) -> float:
-    return math.sqrt(float(_dot(xs, xs)))
+    return float(torch.nn.utils.get_total_norm(xs))
 
 
-def top_eigenvalue(loss_of, params: dict[str, torch.Tensor], iters: int, gen: torch.Generator) -> float:
-    """The largest-magnitude eigenvalue of the Hessian of ``loss_of`` at ``params`` (power iteration)."""
-    leaves = [v.detach().requires_grad_() for v in params.values()]
-    grads = torch.autograd.grad(loss_of(dict(zip(params, leaves, strict=True))), leaves, create_graph=True)
-    v = [torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device) for x in leaves]
+def top_eigenvalue(grads, wrt, iters: int, gen: torch.Generator) -> float:
+    """The largest-magnitude eigenvalue of a loss's Hessian with respect to ``wrt`` (power iteration),
+    from ``grads``, the loss's gradients with respect to ``wrt`` built with ``create_graph=True``."""
+    v = [torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device) for x in wrt]
     n = _norm(v)
     v = [x / n for x in v]
     lam = 0.0
     for _ in range(iters):
-        hv = torch.autograd.grad(_dot(grads, v), leaves, retain_graph=True)
+        hv = torch.autograd.grad(_dot(grads, v), wrt, retain_graph=True)
         lam = float(_dot(hv, v))  # Rayleigh quotient: the eigenvalue's sign is kept
         n = _norm(hv)
         if n == 0.0:
@@ -73,18 +73,16 @@ def trace_task(algo, task: Task, alpha: float, iters: int, gen: torch.Generator)
     forward, start, sx, qx = algo.prepare(algo.params(), task)
     names = list(start)
 
-    def support_loss(p):
-        return algo.loss_fn(forward(p, sx), task.support_y)
-
     # each step starts from a detached leaf, so the query gradient can be carried back one step at a time
     z = {n: v.detach().requires_grad_() for n, v in start.items()}
     steps, losses, sharpness = [], [], []
     for _ in range(algo.inner_steps):
         phi = geo.params(z)
-        loss = support_loss(phi)
-        grads = torch.autograd.grad(loss, [phi[n] for n in names], create_graph=True)
+        loss = algo.loss_fn(forward(phi, sx), task.support_y)
+        at = [phi[n] for n in names]
+        grads = torch.autograd.grad(loss, at, create_graph=True)  # the step's, and the Hessian's source
         losses.append(float(loss.detach()))
-        sharpness.append(alpha * top_eigenvalue(support_loss, {n: phi[n] for n in names}, iters, gen))
+        sharpness.append(alpha * top_eigenvalue(grads, at, iters, gen))
         out = geo.step(z, {n: -alpha * g for n, g in zip(names, grads, strict=True)})
         steps.append((z, out))
         z = {n: v.detach().requires_grad_() for n, v in out.items()}
@@ -124,7 +122,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=20, help="power iterations per eigenvalue")
     p.add_argument("--per-task", action="store_true", help="print every task's inner loop")
     a = p.parse_args()
-    cfg, family, algo, _, _, _ = load_run(a.run_dir, "last" if (a.run_dir / "last.pt").exists() else "best")
+    cfg = validate(read_run_config(a.run_dir))
     if cfg.rule.name != "sgd":
         raise SystemExit(f"{a.run_dir}: rule {cfg.rule.name!r}; this measurement needs plain SGD steps (rule sgd)")
     f = a.checkpoint or (a.run_dir / "last.pt" if (a.run_dir / "last.pt").exists() else a.run_dir / "best.pt")
@@ -132,6 +130,7 @@ def main() -> None:
         state = load_checkpoint(f, "last" if a.next else "best")
     except CheckpointError as e:
         raise SystemExit(f"{e}{' (--next needs a last.pt)' if a.next else ''}") from None
+    family, algo = build(cfg)
     algo.load_state_dict(state["algorithm"])
     if a.next:
         gen = torch.Generator()
