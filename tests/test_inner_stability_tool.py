@@ -1,4 +1,4 @@
-"""tools/inner_stability.py (the MetaMiDA inner-loop measurement): closed forms on a quadratic loss."""
+"""tools/inner_stability.py (MetaMiDA, MLPLR): closed forms on a quadratic loss; the traced loop is the library's."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 from innerloop.executors.grads import autograd_value_and_grad
 from innerloop.experiments.build import build
+from innerloop.experiments.config import load
 from innerloop.experiments.train import train
 from innerloop.types import Task
 from run_helpers import tiny
@@ -27,7 +28,7 @@ def _float64_task(cfg):
     family, algo = build(cfg)
     algo.double()
     batch = family.sample(1, torch.Generator().manual_seed(3))
-    return algo, Task(*(x[0].double() for x in batch))
+    return algo, Task(*(x[0].double() if x.is_floating_point() else x[0] for x in batch))
 
 
 def _design(x):
@@ -85,7 +86,7 @@ def test_the_command_on_a_run_directory(tmp_path):
     out = _tool(str(tmp_path / "run"), "--tasks", "3", "--per-task", "--iters", "5")
     assert out.returncode == 0, out.stderr
     assert len(re.findall(r"^task \d: query loss", out.stdout, re.M)) == 3
-    steps = re.findall(r"^\s+(\d)\s+\S+\s+\d+ of 3\s", out.stdout, re.M)
+    steps = re.findall(r"^\s+(\d)\s+\S+\s+\S+\s+\d+ of 3\s", out.stdout, re.M)
     assert steps == [str(s + 1) for s in range(tiny().algorithm.inner_steps)]
     assert "at iteration 8 (last.pt)" in out.stdout
     nxt = _tool(str(tmp_path / "run"), "--next", "--iters", "5")
@@ -97,7 +98,7 @@ def test_the_command_on_a_run_directory(tmp_path):
 
     train(tiny("rule.name=meta_sgd"), tmp_path / "msgd", progress=False)
     refused = _tool(str(tmp_path / "msgd"))
-    assert refused.returncode != 0 and "plain SGD" in refused.stderr
+    assert refused.returncode != 0 and "one scalar times the gradient" in refused.stderr
 
 
 def test_the_traced_inner_loop_is_the_librarys_on_a_trained_looking_mirror_map():
@@ -110,3 +111,16 @@ def test_the_traced_inner_loop_is_the_librarys_on_a_trained_looking_mirror_map()
     r = inner_stability.trace_task(algo, task, algo.rule.lr, 5, torch.Generator().manual_seed(0))
     assert torch.allclose(torch.tensor(r["losses"], dtype=torch.float64), res.support_losses, rtol=1e-12, atol=0)
     assert abs(r["end"] - 1.0) > 1e-3  # the map is no longer the identity
+
+
+def test_mlplr_steps_take_each_tasks_own_lambda():
+    """MLPLR: α is λ = lr_max − L_KD from the step's support forward; the traced inner loop is the library's."""
+    cfg = load(None, ["task.name=images", "task.dataset=glyphs", "model.name=conv4", "model.channels=4",
+                      "algorithm.inner_steps=3", 'rule={name = "mlplr", lr_max = 2.0, lr_min = 0.01}'])
+    algo, task = _float64_task(cfg)
+    _, res = algo.run_task(algo.params(), task, steps=3, first_order=False, value_and_grad=autograd_value_and_grad)
+    r = inner_stability.trace_task(algo, task, inner_stability.step_size(cfg, algo), 5,
+                                   torch.Generator().manual_seed(0))
+    assert torch.allclose(torch.tensor(r["losses"], dtype=torch.float64), res.support_losses, rtol=1e-12, atol=0)
+    assert torch.allclose(torch.tensor(r["alpha"], dtype=torch.float64), res.trace["lr"], rtol=1e-12, atol=0)
+    assert len(set(r["alpha"])) == 3 and all(0.01 < a < 2.0 for a in r["alpha"])  # λ moves with the loss

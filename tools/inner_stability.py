@@ -1,4 +1,4 @@
-"""Issue 14 (MetaMiDA "why not"): is a run's inner loop inside its stable step size, task by task?
+"""Issue 14 (MetaMiDA and MLPLR "why not"): is a run's inner loop inside its stable step size, task by task?
 
 Gradient descent with step ``α`` on a loss whose Hessian has a largest eigenvalue ``λ`` contracts
 along that direction only while ``α·λ < 2``; above it the step overshoots and the derivative of the
@@ -16,8 +16,10 @@ task and each inner step this prints:
 
 For a mirror geometry (MetaMiDA) a step is ``z ← z − α ∇φ L(g(z))`` in the dual variable ``z``, the
 Hessian is the support loss's with respect to the weights ``φ = g(z)``, and the growth includes the
-map's Jacobian (the "end map" factor is ``|dq/dz_T| / |dq/dφ_T|``). Plain SGD rules only (the step
-is ``α`` times the gradient). Computed in float64, the model in training mode as in meta-training.
+map's Jacobian (the "end map" factor is ``|dq/dz_T| / |dq/dφ_T|``). Rules whose step is one scalar
+times the gradient: plain SGD (``α`` = its lr) and MLPLR (``α`` = the step's λ, from the support
+forward, so ``α·λ`` uses each task's and step's own λ; with ``detach=false`` the growth includes λ's
+own derivative). Computed in float64, the model in training mode as in meta-training.
 
     .venv/bin/python tools/inner_stability.py RUN_DIR [CHECKPOINT.pt] [--tasks 50 | --next] \
         [--iters 20] [--per-task]
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -67,23 +70,40 @@ def top_eigenvalue(grads, wrt, iters: int, gen: torch.Generator) -> float:
     return lam
 
 
-def trace_task(algo, task: Task, alpha: float, iters: int, gen: torch.Generator) -> dict:
-    """One task's inner loop (``algo.inner_steps`` steps of ``z ← z − α ∇φ L(g(z))``), measured."""
+SCALAR_STEP_RULES = ("sgd", "mlplr")  # a step that is one scalar times the gradient
+
+
+def step_size(cfg, algo) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | float]:
+    """The step's scalar ``α`` from the support forward ``(logits, targets, loss)``; ValueError for other rules."""
+    if cfg.rule.name == "sgd":
+        return lambda logits, targets, loss: cfg.rule.lr
+    if cfg.rule.name == "mlplr":
+        return lambda logits, targets, loss: algo.rule.learning_rate(logits, targets, loss)[0]
+    raise ValueError(f"rule {cfg.rule.name!r}: not one of {SCALAR_STEP_RULES}")
+
+
+def trace_task(algo, task: Task, alpha, iters: int, gen: torch.Generator) -> dict:
+    """One task's inner loop (``algo.inner_steps`` steps of ``z ← z − α ∇φ L(g(z))``), measured. ``alpha``:
+    a number, or a function of the support forward as :func:`step_size` returns."""
+    size = alpha if callable(alpha) else (lambda logits, targets, loss: alpha)
     geo = algo.geometry
     forward, start, sx, qx = algo.prepare(algo.params(), task)
     names = list(start)
 
     # each step starts from a detached leaf, so the query gradient can be carried back one step at a time
     z = {n: v.detach().requires_grad_() for n, v in start.items()}
-    steps, losses, sharpness = [], [], []
+    steps, losses, sizes, sharpness = [], [], [], []
     for _ in range(algo.inner_steps):
         phi = geo.params(z)
-        loss = algo.loss_fn(forward(phi, sx), task.support_y)
+        logits = forward(phi, sx)
+        loss = algo.loss_fn(logits, task.support_y)
         at = [phi[n] for n in names]
         grads = torch.autograd.grad(loss, at, create_graph=True)  # the step's, and the Hessian's source
+        a = size(logits, task.support_y, loss)
         losses.append(float(loss.detach()))
-        sharpness.append(alpha * top_eigenvalue(grads, at, iters, gen))
-        out = geo.step(z, {n: -alpha * g for n, g in zip(names, grads, strict=True)})
+        sizes.append(float(a))
+        sharpness.append(float(a) * top_eigenvalue(grads, at, iters, gen))
+        out = geo.step(z, {n: -a * g for n, g in zip(names, grads, strict=True)})
         steps.append((z, out))
         z = {n: v.detach().requires_grad_() for n, v in out.items()}
     phi = geo.params(z)
@@ -95,16 +115,18 @@ def trace_task(algo, task: Task, alpha: float, iters: int, gen: torch.Generator)
         u = torch.autograd.grad([out[n] for n in names], [into[n] for n in names], u, retain_graph=True)
         growth.append(_norm(u) / previous)
         previous = _norm(u)
-    return {"query": float(query.detach()), "losses": losses, "sharpness": sharpness, "growth": growth[::-1],
+    return {"query": float(query.detach()), "losses": losses, "alpha": sizes, "sharpness": sharpness,
+            "growth": growth[::-1],
             "end": end, "total": previous / _norm(at_phi)}
 
 
 def summary(rows: list[dict]) -> list[str]:
-    lines = ["step  median α·λ  tasks α·λ > 2  median growth  largest growth"]
+    lines = ["step  median α  median α·λ  tasks α·λ > 2  median growth  largest growth"]
     for s in range(len(rows[0]["sharpness"])):
         sharp = [r["sharpness"][s] for r in rows]
         grow = [r["growth"][s] for r in rows]
-        lines.append(f"{s + 1:>4}  {statistics.median(sharp):>10.2f}  {sum(x > 2 for x in sharp):>6} of {len(rows):<5}"
+        lines.append(f"{s + 1:>4}  {statistics.median(r['alpha'][s] for r in rows):>8.3g}"
+                     f"  {statistics.median(sharp):>10.2f}  {sum(x > 2 for x in sharp):>6} of {len(rows):<5}"
                      f"  {statistics.median(grow):>13.2f}  {max(grow):>14.2f}")
     total = [r["total"] for r in rows]
     lines.append(f"|dq/dz0| / |dq/dφ_T|: median {statistics.median(total):.2f}, largest {max(total):.1f}, "
@@ -123,8 +145,9 @@ def main() -> None:
     p.add_argument("--per-task", action="store_true", help="print every task's inner loop")
     a = p.parse_args()
     cfg = validate(read_run_config(a.run_dir))
-    if cfg.rule.name != "sgd":
-        raise SystemExit(f"{a.run_dir}: rule {cfg.rule.name!r}; this measurement needs plain SGD steps (rule sgd)")
+    if cfg.rule.name not in SCALAR_STEP_RULES:
+        raise SystemExit(f"{a.run_dir}: rule {cfg.rule.name!r}; this measurement needs a step that is one scalar "
+                         f"times the gradient (rule sgd or mlplr)")
     f = a.checkpoint or (a.run_dir / "last.pt" if (a.run_dir / "last.pt").exists() else a.run_dir / "best.pt")
     try:  # last.pt holds what best.pt does, and the sampler's state --next needs
         state = load_checkpoint(f, "last" if a.next else "best")
@@ -140,8 +163,10 @@ def main() -> None:
         batch = family.for_split("val").fixed_tasks(a.tasks, cfg.train.val_seed)
     algo.double()
     device = next(algo.parameters()).device
-    alpha = cfg.rule.lr
-    print(f"{a.run_dir} at iteration {state['iteration']} ({f.name}), geometry {cfg.geometry.name}, α = {alpha}, "
+    alpha = step_size(cfg, algo)
+    shown = (f"α = {cfg.rule.lr}" if cfg.rule.name == "sgd"
+             else f"α = MLPLR's λ (lr_max {cfg.rule.lr_max}, lr_min {cfg.rule.lr_min})")
+    print(f"{a.run_dir} at iteration {state['iteration']} ({f.name}), geometry {cfg.geometry.name}, {shown}, "
           f"{'the next meta-batch' if a.next else 'validation tasks'}")
     power = torch.Generator().manual_seed(0)
     rows = []
@@ -152,6 +177,7 @@ def main() -> None:
         if a.per_task:
             print(f"task {i}: query loss {r['query']:.3f}; support loss per step "
                   + " ".join(f"{v:.3g}" for v in r["losses"]))
+            print("   α per step        " + " ".join(f"{v:.3g}" for v in r["alpha"]))
             print("   α·λ per step      " + " ".join(f"{v:.2f}" for v in r["sharpness"]))
             print("   growth per step   " + " ".join(f"{v:.2f}" for v in r["growth"])
                   + f"   (end map {r['end']:.2f}; |dq/dz0| / |dq/dφ_T| {r['total']:.1f})")
