@@ -10,6 +10,7 @@ from innerloop.experiments.cli import main
 from innerloop.experiments.config import ConfigError
 from innerloop.experiments.reproduce import reproduce, shown_path
 from innerloop.experiments.tables import read_table
+from innerloop.experiments.verdict import check_claim
 
 TABLE = """
 title = "tiny"
@@ -167,6 +168,19 @@ def test_stale_runs_stop_reproduce_unless_set_aside_and_more_iterations_extend(t
                      .replace("train.iterations=2", "train.iterations=4"))
     report = reproduce(table, out_root=out, only=["sgd"])
     assert report["rows"][0]["iterations"] == 4 and (run / "test-2-iterations.json").is_file()
+
+
+def test_a_row_resumed_to_more_iterations_says_how_far_its_runs_got(table, tmp_path):
+    out = tmp_path / "res"
+    reproduce(table, out_root=out, only=["sgd"])
+    table.write_text(TABLE.replace('cpu = ["train.iterations=2"]', 'cpu = ["train.iterations=5"]'))
+    report = reproduce(table, out_root=out, collect=True)  # the 2-iteration result no longer counts
+    sgd, msgd = report["rows"]
+    assert sgd["not_run"] and sgd["in_progress"] == {"iterations": [2], "of": 5} and "in_progress" not in msgd
+    md = (out / "tiny.md").read_text()
+    assert "| SGD | not run (in progress: trained to 2 of 5 meta-steps) |" in md and "| msgd | not run |" in md
+    assert check_claim({r["name"]: r for r in report["rows"]}, "sgd", "msgd") == (
+        "not run", "row sgd has no result yet (trained to 2 of 5 meta-steps)")
 
 
 def test_unknown_rows_are_an_error(table, tmp_path):

@@ -14,13 +14,12 @@ counted in test tasks instead of iterations, marked ``[tasks]``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from innerloop.experiments.checkpoint import CheckpointError, load_checkpoint
 from innerloop.experiments.config import ConfigError
-from innerloop.experiments.reproduce import run_dirs, run_state
+from innerloop.experiments.reproduce import progress, run_dirs, run_state
 from innerloop.experiments.tables import read_table, resolve_table, row_config, runs_at, shared_owner
 from innerloop.experiments.upper_bound import partial_progress
 
@@ -48,23 +47,6 @@ class RunPlan:
         if self.remaining == 0:
             return 0.0
         return None if self.seconds_per_iteration is None else self.remaining * self.seconds_per_iteration
-
-
-def progress(run_dir: Path) -> tuple[int, float | None]:
-    """The last logged training iteration of a run and its clock's seconds per iteration (None before one)."""
-    path = run_dir / "metrics.jsonl"
-    last: dict = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "loss" in row and "iteration" in row:
-                last = row
-    it = int(last.get("iteration", 0))
-    secs = last.get("seconds")
-    return it, (float(secs) / it if it and isinstance(secs, int | float) else None)
 
 
 def resume_point(run_dir: Path) -> int:

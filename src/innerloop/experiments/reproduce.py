@@ -107,6 +107,23 @@ def validation_curve(run_dir: Path) -> list[list[float]]:
     return [[it, points[it]] for it in sorted(points)]
 
 
+def progress(run_dir: Path) -> tuple[int, float | None]:
+    """The last logged training iteration of a run and its clock's seconds per iteration (None before one)."""
+    path = run_dir / "metrics.jsonl"
+    last: dict = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "loss" in row and "iteration" in row:
+                last = row
+    it = int(last.get("iteration", 0))
+    secs = last.get("seconds")
+    return it, (float(secs) / it if it and isinstance(secs, int | float) else None)
+
+
 def run_result(run_dir: Path, seed: int | None) -> dict[str, Any]:
     """A finished run's ``test.json`` with its seed, validation curve and convergence."""
     res = json.loads((run_dir / "test.json").read_text())
@@ -184,11 +201,17 @@ def stored_row(table_path: Path, table: Table, row: Row, scale: str, out_root: P
     """A row's entry from the runs already on disk (rows not run now): stale runs are not counted.
     ``table_path, table, row`` name the row that owns the runs (:func:`shared_owner`)."""
     out = Path(out_root) / table_path.stem
-    runs = []
+    runs, started = [], []
     for seed, d in run_dirs(out, table, row):
-        if (d / "test.json").exists() and run_state(table_path, table, row, scale, seed, d)[0] == "done":
+        state = run_state(table_path, table, row, scale, seed, d)[0]
+        if state == "done":
             runs.append({**run_result(d, seed), "skipped": True})
-    return row_result(runs)
+        elif state in ("partial", "extend") and row.kind == "train":
+            started.append(progress(d)[0])
+    res = row_result(runs)
+    if res.get("not_run") and started:  # e.g. runs resumed to more iterations: their old results no longer count
+        res["in_progress"] = {"iterations": started, "of": row_config(table_path, table, row, scale).train.iterations}
+    return res
 
 
 def _smoke_row(row: Row, scales: dict[str, list[str]]) -> Row:
@@ -288,6 +311,12 @@ def not_converged_detail(row: dict[str, Any]) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
+def in_progress_text(row: dict[str, Any]) -> str:
+    """``in progress: trained to 4000, 4000 of 6000 meta-steps``: how far a row's unfinished runs got."""
+    p = row["in_progress"]
+    return f"in progress: trained to {', '.join(str(i) for i in p['iterations'])} of {p['of']} meta-steps"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"### {report['title']}", "",
              f"Scale `{report['scale']}` (overrides: `{' '.join(report['scale_overrides']) or 'none'}`); "
@@ -300,7 +329,7 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         paper = "" if r.get("paper") is None else f"{r['paper']:g}"
         if r.get("not_run"):
-            why = f" ({r['why']})" if r.get("why") else ""
+            why = f" ({r['why']})" if r.get("why") else f" ({in_progress_text(r)})" if r.get("in_progress") else ""
             lines.append(f"| {r['label']} | not run{why} | | | | {paper} |" + " |" * 7)
             continue
         if r.get("failed"):

@@ -110,7 +110,11 @@ def check_claim(rows: dict[str, dict[str, Any]], better: str, than: str) -> tupl
     a, b = rows.get(better, {}), rows.get(than, {})
     for name, r in ((better, a), (than, b)):
         if "mean" not in r:
-            return "not run", f"row {name} " + (r["why"] if r.get("why") else "has no result")
+            if r.get("why"):
+                return "not run", f"row {name} {r['why']}"
+            p = r.get("in_progress")
+            return "not run", f"row {name} has no result" + (
+                f" yet (trained to {', '.join(str(i) for i in p['iterations'])} of {p['of']} meta-steps)" if p else "")
     sign = -1.0 if a.get("metric") in LOWER_IS_BETTER else 1.0
     word = "lower" if sign < 0 else "higher"
     sa, sb = a.get("seed_means", [a["mean"]]), b.get("seed_means", [b["mean"]])
