@@ -191,7 +191,8 @@ def write_report(names: list[str], results_root: str | Path, out: str | Path, *,
         f"from the between-seed variation (Welch–Satterthwaite degrees of freedom, rounded down): *yes* / *no* "
         f"when it excludes 0, *not resolved* when it contains 0 or when either row has fewer than {MIN_SEEDS} "
         f"seeds, *not converged* when a run of either row did not converge (its difference is shown, not "
-        f"judged), *not run* when a row has no result; the last column counts the claims not run because "
+        f"judged), *not run* when a row has no result (at the table's meta-steps: a row still training says "
+        f"how far its runs got); the last column counts the claims not run because "
         f"a row runs at another scale only (a dataset or a GPU this machine does not have), the rest wait "
         f"for training here. Figures are drawn by the `innerloop plot` command under "
         f"each (`innerloop report --draw` runs them all).",
