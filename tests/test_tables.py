@@ -19,7 +19,7 @@ from innerloop.experiments.build import build, build_family
 from innerloop.experiments.cli import main
 from innerloop.experiments.config import ConfigError, load
 from innerloop.experiments.reproduce import reproduce
-from innerloop.experiments.tables import read_table, resolve_table, row_config
+from innerloop.experiments.tables import read_table, resolve_table, row_config, runs_at, shared_owner
 from innerloop.types import Task
 from test_reproduce import BASE
 
@@ -73,6 +73,8 @@ def test_table_rows_resolve_and_build_at_both_scales(path):
                 family = build_family(cfg)
             _, algo = build(cfg, family)  # model, rule, geometry, adapted tensors
             assert algo.adapted, (path.name, row.name)
+            if row.same_as is not None and runs_at(row, scale):  # its owner still runs the same config
+                shared_owner(path, table, row, scale)
 
 
 def test_paper_figures_are_fractions_for_accuracy_tables():
