@@ -115,8 +115,9 @@ def test_the_traced_inner_loop_is_the_librarys_on_a_trained_looking_mirror_map()
 
 def test_mlplr_steps_take_each_tasks_own_lambda():
     """MLPLR: α is λ = lr_max − L_KD from the step's support forward; the traced inner loop is the library's."""
-    cfg = load(None, ["task.name=images", "task.dataset=glyphs", "model.name=conv4", "model.channels=4",
-                      "algorithm.inner_steps=3", 'rule={name = "mlplr", lr_max = 2.0, lr_min = 0.01}'])
+    cfg_args = ["task.name=images", "task.dataset=glyphs", "model.name=conv4", "model.channels=4",
+                "algorithm.inner_steps=3"]
+    cfg = load(None, [*cfg_args, 'rule={name = "mlplr", lr_max = 2.0, lr_min = 0.01}'])
     algo, task = _float64_task(cfg)
     _, res = algo.run_task(algo.params(), task, steps=3, first_order=False, value_and_grad=autograd_value_and_grad)
     r = inner_stability.trace_task(algo, task, inner_stability.step_size(cfg, algo), 5,
@@ -124,3 +125,10 @@ def test_mlplr_steps_take_each_tasks_own_lambda():
     assert torch.allclose(torch.tensor(r["losses"], dtype=torch.float64), res.support_losses, rtol=1e-12, atol=0)
     assert torch.allclose(torch.tensor(r["alpha"], dtype=torch.float64), res.trace["lr"], rtol=1e-12, atol=0)
     assert len(set(r["alpha"])) == 3 and all(0.01 < a < 2.0 for a in r["alpha"])  # λ moves with the loss
+    cfg = load(None, [*cfg_args, 'rule={name = "mlplr", lr_max = 2.0, lr_min = 0.01, detach = false}'])
+    attached, _ = _float64_task(cfg)
+    attached.load_state_dict(algo.state_dict())
+    g = inner_stability.trace_task(attached, task, inner_stability.step_size(cfg, attached), 5,
+                                   torch.Generator().manual_seed(0))
+    assert g["losses"] == r["losses"] and g["alpha"] == r["alpha"]  # the same steps forward ...
+    assert all(abs(x - y) > 1e-6 for x, y in zip(g["growth"], r["growth"], strict=True))  # ... and λ's derivative back

@@ -100,9 +100,10 @@ def trace_task(algo, task: Task, alpha, iters: int, gen: torch.Generator) -> dic
         at = [phi[n] for n in names]
         grads = torch.autograd.grad(loss, at, create_graph=True)  # the step's, and the Hessian's source
         a = size(logits, task.support_y, loss)
+        a_value = float(a.detach()) if torch.is_tensor(a) else float(a)
         losses.append(float(loss.detach()))
-        sizes.append(float(a))
-        sharpness.append(float(a) * top_eigenvalue(grads, at, iters, gen))
+        sizes.append(a_value)
+        sharpness.append(a_value * top_eigenvalue(grads, at, iters, gen))
         out = geo.step(z, {n: -a * g for n, g in zip(names, grads, strict=True)})
         steps.append((z, out))
         z = {n: v.detach().requires_grad_() for n, v in out.items()}
@@ -116,8 +117,7 @@ def trace_task(algo, task: Task, alpha, iters: int, gen: torch.Generator) -> dic
         growth.append(_norm(u) / previous)
         previous = _norm(u)
     return {"query": float(query.detach()), "losses": losses, "alpha": sizes, "sharpness": sharpness,
-            "growth": growth[::-1],
-            "end": end, "total": previous / _norm(at_phi)}
+            "growth": growth[::-1], "end": end, "total": previous / _norm(at_phi)}
 
 
 def summary(rows: list[dict]) -> list[str]:

@@ -35,7 +35,7 @@ from innerloop.experiments.tables import (
     shared_owner,
 )
 from innerloop.experiments.upper_bound import UpperBoundOptions
-from innerloop.experiments.verdict import LOWER_IS_BETTER, aggregate, converged
+from innerloop.experiments.verdict import LOWER_IS_BETTER, aggregate, converged, trained_to
 
 SMOKE = ["train.iterations=1", "train.val_every=1", "train.val_tasks=2", "train.checkpoint_every=1", "eval.tasks=2"]
 
@@ -311,12 +311,6 @@ def not_converged_detail(row: dict[str, Any]) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-def in_progress_text(row: dict[str, Any]) -> str:
-    """``in progress: trained to 4000, 4000 of 6000 meta-steps``: how far a row's unfinished runs got."""
-    p = row["in_progress"]
-    return f"in progress: trained to {', '.join(str(i) for i in p['iterations'])} of {p['of']} meta-steps"
-
-
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"### {report['title']}", "",
              f"Scale `{report['scale']}` (overrides: `{' '.join(report['scale_overrides']) or 'none'}`); "
@@ -329,7 +323,8 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         paper = "" if r.get("paper") is None else f"{r['paper']:g}"
         if r.get("not_run"):
-            why = f" ({r['why']})" if r.get("why") else f" ({in_progress_text(r)})" if r.get("in_progress") else ""
+            note = r.get("why") or (f"in progress: {trained_to(r['in_progress'])}" if r.get("in_progress") else "")
+            why = f" ({note})" if note else ""
             lines.append(f"| {r['label']} | not run{why} | | | | {paper} |" + " |" * 7)
             continue
         if r.get("failed"):

@@ -105,6 +105,11 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def trained_to(progress: dict[str, Any]) -> str:
+    """``trained to 4000, 4000 of 6000 meta-steps``: how far a row's unfinished runs got (``in_progress``)."""
+    return f"trained to {', '.join(str(i) for i in progress['iterations'])} of {progress['of']} meta-steps"
+
+
 def check_claim(rows: dict[str, dict[str, Any]], better: str, than: str) -> tuple[str, str]:
     """``(verdict, detail)`` for "row ``better`` beats row ``than``" (see the module docstring)."""
     a, b = rows.get(better, {}), rows.get(than, {})
@@ -113,8 +118,7 @@ def check_claim(rows: dict[str, dict[str, Any]], better: str, than: str) -> tupl
             if r.get("why"):
                 return "not run", f"row {name} {r['why']}"
             p = r.get("in_progress")
-            return "not run", f"row {name} has no result" + (
-                f" yet (trained to {', '.join(str(i) for i in p['iterations'])} of {p['of']} meta-steps)" if p else "")
+            return "not run", f"row {name} has no result" + (f" yet ({trained_to(p)})" if p else "")
     sign = -1.0 if a.get("metric") in LOWER_IS_BETTER else 1.0
     word = "lower" if sign < 0 else "higher"
     sa, sb = a.get("seed_means", [a["mean"]]), b.get("seed_means", [b["mean"]])
