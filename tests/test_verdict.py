@@ -7,7 +7,7 @@ import math
 import pytest
 
 from innerloop.experiments.reproduce import markdown, not_converged_detail
-from innerloop.experiments.verdict import aggregate, converged, t975, welch_interval
+from innerloop.experiments.verdict import aggregate, converged, largest_fall, t975, welch_interval
 
 
 def _t_cdf(x: float, df: int, n: int = 20000) -> float:
@@ -47,6 +47,43 @@ def test_convergence_reads_the_last_quarter_of_the_validation_curve():
     assert converged([[2000, 0.9]], 2000, "accuracy") == (None, None)
 
 
+def test_a_swing_over_the_last_quarter_is_a_fall_below_the_best_beyond_its_validation_interval():
+    steady = [[i * 100, 0.95, 0.005] for i in range(1, 21)]
+    assert largest_fall(steady, 2000, "accuracy") == (False, 0.0)
+    swinging = [p[:] for p in steady]
+    swinging[17][1] = 0.80  # iteration 1800, inside the last quarter (after 1500): 15 points down
+    swung, fall = largest_fall(swinging, 2000, "accuracy")
+    assert swung is True and fall == pytest.approx(0.15)
+    assert converged([p[:2] for p in swinging], 2000, "accuracy")[0] is True  # the rise rule alone lets it pass
+    early = [p[:] for p in steady]
+    early[5][1] = 0.80  # iteration 600: before the last quarter, not looked at
+    assert largest_fall(early, 2000, "accuracy") == (False, 0.0)
+    noisy = [p[:] for p in steady]
+    noisy[17][1], noisy[17][2] = 0.90, 0.022  # 5 points down, within 3 validation intervals (6.6 points)
+    swung, fall = largest_fall(noisy, 2000, "accuracy")
+    assert swung is False and fall == pytest.approx(0.05)
+    no_ci = [p[:2] for p in noisy]  # a log without intervals: only the 3-point floor applies
+    assert largest_fall(no_ci, 2000, "accuracy")[0] is True
+    mse = [[i * 100, 1.0, 0.01] for i in range(1, 21)]
+    mse[17][1] = 1.2  # 20% above its best: within the 25% allowed for losses
+    assert largest_fall(mse, 2000, "mse")[0] is False
+    mse[17][1] = 1.5
+    swung, fall = largest_fall(mse, 2000, "mse")
+    assert swung is True and fall == pytest.approx(0.5)
+    assert largest_fall([[2000, 0.9, 0.01]], 2000, "accuracy") == (None, None)
+
+
+def test_a_row_that_swung_says_how_far_it_fell():
+    runs = [{"mean": 0.9, "ci95": 0.01, "metric": "accuracy", "tasks": 600, "iterations": 100, "converged": c,
+             "val_rise": rise, "val_rose": rose, "val_fall": fall, "val_swung": swung}
+            for c, rise, rose, fall, swung in ((False, -0.01, False, 0.15, True), (True, 0.001, False, 0.01, False),
+                                               (False, 0.02, True, 0.04, True))]
+    detail = not_converged_detail({**aggregate(runs), "runs": runs})
+    assert detail == " (2 of 3 seeds; up to +2.0 pt; falls up to 15.0 pt)"
+    assert not_converged_detail(runs[0]) == " (falls up to 15.0 pt)"
+    assert not_converged_detail({**runs[0], "metric": "mse", "val_fall": 0.5}) == " (falls up to 50%)"
+
+
 def test_a_row_is_the_mean_over_seeds_with_their_spread():
     runs = [{"mean": m, "ci95": 0.01, "metric": "accuracy", "tasks": 600, "train_seconds": 60.0, "converged": c,
              "iterations": 100} for m, c in ((0.8, True), (0.9, True), (0.85, None))]
@@ -66,3 +103,23 @@ def test_a_row_not_converged_says_how_many_seeds_still_rose_and_by_how_much():
     assert cell == "**no** (2 of 3 seeds; up to +0.8 pt)"
     assert not_converged_detail({**runs[0], "metric": "mse"}) == ""  # a loss's rise is relative: no points
     assert not_converged_detail(runs[0]) == " (up to +0.6 pt)"
+
+
+def test_a_finished_run_that_swung_in_its_last_quarter_is_not_converged(tmp_path):
+    import json
+
+    from innerloop.experiments.reproduce import run_result
+
+    def run(vals, name):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "test.json").write_text(json.dumps({"metric": "accuracy", "mean": 0.9, "ci95": 0.01, "iterations": 2000}))
+        rows = [{"iteration": 100 * (i + 1), "val": v, "val_ci95": 0.005} for i, v in enumerate(vals)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return run_result(d, 0)
+
+    steady = run([0.95] * 20, "steady")
+    assert steady["converged"] is True and steady["val_swung"] is False and steady["val_curve"][0] == [100, 0.95]
+    swung = run([0.95] * 17 + [0.80, 0.90, 0.95], "swung")
+    assert swung["converged"] is False and swung["val_swung"] is True and swung["val_rose"] is False
+    assert swung["val_fall"] == pytest.approx(0.15)

@@ -182,10 +182,12 @@ def write_report(names: list[str], results_root: str | Path, out: str | Path, *,
         "seeds column) and every run is tested on the same fixed test tasks. *ours* is the mean over seeds, "
         "*between-seed sd* the sample standard deviation of the seeds' means (the variation between training "
         "runs), *test-task 95% CI* the mean over seeds of each run's 1.96·std/√N over its test tasks (the "
-        "sampling of test tasks only). *converged* says whether every seed's validation metric had stopped "
-        "rising: the least-squares line through the validation points of the last quarter of the "
-        "iterations rises by at most half a point of accuracy (2% for MSE and losses) over that quarter; a "
-        "**no** says how many seeds still rose and the largest rise.",
+        "sampling of test tasks only). *converged* says whether every seed's validation metric had settled: "
+        "the least-squares line through the validation points of the last quarter of the iterations rises "
+        "by at most half a point of accuracy (2% for MSE and losses) over that quarter, and no validation "
+        "point of that quarter lies more than 3 points of accuracy (25% for MSE and losses) below the best "
+        "point before it and more than 3 times its own validation interval (a swing); a **no** says how "
+        "many seeds did not settle, the largest rise and the largest fall.",
         "",
         f"**How a claim is judged.** Welch's 95% interval for the difference of the two rows' seed means, "
         f"from the between-seed variation (Welch–Satterthwaite degrees of freedom, rounded down): *yes* / *no* "

@@ -35,7 +35,7 @@ from innerloop.experiments.tables import (
     shared_owner,
 )
 from innerloop.experiments.upper_bound import UpperBoundOptions
-from innerloop.experiments.verdict import LOWER_IS_BETTER, aggregate, converged, trained_to
+from innerloop.experiments.verdict import LOWER_IS_BETTER, aggregate, converged, largest_fall, trained_to
 
 SMOKE = ["train.iterations=1", "train.val_every=1", "train.val_tasks=2", "train.checkpoint_every=1", "eval.tasks=2"]
 
@@ -91,12 +91,14 @@ def set_aside(run_dir: Path) -> Path:
     return dest
 
 
-def validation_curve(run_dir: Path) -> list[list[float]]:
-    """``[[iteration, validation metric], ...]`` from a run's metrics.jsonl (the last entry per iteration)."""
+def validation_curve(run_dir: Path, *, with_ci: bool = False) -> list[list[float]]:
+    """``[[iteration, validation metric], ...]`` from a run's metrics.jsonl (the last entry per iteration);
+    ``with_ci``: ``[iteration, metric, its 95% interval or None]``."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
     points: dict[int, float] = {}
+    cis: dict[int, float | None] = {}
     for line in path.read_text().splitlines():
         try:
             row = json.loads(line)
@@ -104,6 +106,10 @@ def validation_curve(run_dir: Path) -> list[list[float]]:
             continue
         if isinstance(row, dict) and isinstance(row.get("val"), int | float) and "iteration" in row:
             points[int(row["iteration"])] = float(row["val"])
+            ci = row.get("val_ci95")
+            cis[int(row["iteration"])] = float(ci) if isinstance(ci, int | float) else None
+    if with_ci:
+        return [[it, points[it], cis[it]] for it in sorted(points)]
     return [[it, points[it]] for it in sorted(points)]
 
 
@@ -133,12 +139,15 @@ def run_result(run_dir: Path, seed: int | None) -> dict[str, Any]:
         res["seed"] = seed
     elif (run_dir / "config.json").is_file():
         res["seed"] = json.loads((run_dir / "config.json").read_text())["train"]["seed"]
-    curve = validation_curve(run_dir)
+    curve_ci = validation_curve(run_dir, with_ci=True)
+    curve = [p[:2] for p in curve_ci]
     if curve:
         res["val_curve"] = curve
     if res.get("kind") != "upper_bound" and res.get("iterations"):
         ok, rise = converged(curve, res["iterations"], res["metric"])
-        res["converged"], res["val_rise"] = ok, rise
+        swung, fall = largest_fall(curve_ci, res["iterations"], res["metric"])
+        res["converged"] = ok and not swung if ok is not None else None
+        res["val_rise"], res["val_rose"], res["val_fall"], res["val_swung"] = rise, ok is False, fall, swung
     return res
 
 
@@ -300,14 +309,21 @@ def shown_path(path: str) -> str:
 
 
 def not_converged_detail(row: dict[str, Any]) -> str:
-    """`` (k of n seeds; up to +x pt)``: how many of a row's runs still rose, and by how much at most
-    over their last quarter (points of accuracy; omitted for losses, judged relative to their value)."""
+    """`` (k of n seeds; up to +x pt; falls up to y pt)``: how many of a row's runs did not converge, the
+    largest rise over the last quarter of those that still rose and the largest fall of those that
+    swung there (points of accuracy; a loss's rise or fall is relative to its value: a fall in %)."""
     runs = row.get("runs") or [row]
-    rising = [x for x in runs if x.get("converged") is False]
+    unsettled = [x for x in runs if x.get("converged") is False]
+    swung = [x for x in unsettled if x.get("val_swung")]
+    rising = [x for x in unsettled if x.get("val_rose", not x.get("val_swung"))]
     rises = [x["val_rise"] for x in rising if isinstance(x.get("val_rise"), int | float)]
-    parts = [f"{len(rising)} of {len(runs)} seeds"] if len(runs) > 1 else []
-    if rises and row.get("metric") not in LOWER_IS_BETTER:
+    falls = [x["val_fall"] for x in swung if isinstance(x.get("val_fall"), int | float)]
+    parts = [f"{len(unsettled)} of {len(runs)} seeds"] if len(runs) > 1 else []
+    loss = row.get("metric") in LOWER_IS_BETTER
+    if rises and not loss:
         parts.append(f"up to +{max(rises) * 100:.1f} pt")
+    if falls:
+        parts.append(f"falls up to {max(falls) * 100:.0f}%" if loss else f"falls up to {max(falls) * 100:.1f} pt")
     return f" ({'; '.join(parts)})" if parts else ""
 
 

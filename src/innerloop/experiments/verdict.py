@@ -6,7 +6,11 @@
 * A run is **converged** when its validation metric no longer rises over the last quarter of its
   iterations: the least-squares line through the validation points of the last quarter (and the last
   point before it) rises by at most ``tol`` over a quarter of the iterations (0.005 = half a point of
-  accuracy; for losses and MSE, a fall of at most 2% of the last value).
+  accuracy; for losses and MSE, a fall of at most 2% of the last value), and it does not swing there:
+  no validation point of that window lies more than ``FALL_TOL`` below the best one before it (3 points
+  of accuracy; for losses and MSE, 25% above it) and more than ``FALL_CI_FACTOR`` times its own
+  validation interval below it (a fall that the validation tasks' sampling could explain is not a
+  swing).
 * A claim "row A beats row B" is **yes** / **no** when Welch's 95% interval for the difference of the
   two rows' seed means excludes 0, built from the between-seed variation alone (the test tasks are
   shared by every run, so their sampling is common to both rows); *not resolved* otherwise, and
@@ -24,6 +28,9 @@ LOWER_IS_BETTER = {"mse", "loss"}
 MIN_SEEDS = 3
 ACCURACY_TOL = 0.005  # half a point of accuracy
 LOSS_REL_TOL = 0.02  # 2% of the last value, for losses and MSE
+FALL_TOL = 0.03  # a swing: 3 points of accuracy below the best validation point before it ...
+LOSS_FALL_REL_TOL = 0.25  # ... or, for losses and MSE, 25% above it
+FALL_CI_FACTOR = 3.0  # ... and more than 3 times that point's validation 95% interval
 
 # Two-sided 95% quantiles of Student's t (t_{0.975, df}) for df = 1..30; df > 30 uses the
 # Cornish-Fisher expansion below, which is within 1e-4 of the exact quantile there.
@@ -71,9 +78,7 @@ def converged(curve: Sequence[Sequence[float]], iterations: int, metric: str, to
     The rise is in the metric's "better" direction (a fall for losses). ``None`` when the curve has
     fewer than 2 points in the window (too few validations to tell).
     """
-    start = 0.75 * iterations
-    before = [p for p in curve if p[0] <= start]
-    window = ([before[-1]] if before else []) + [p for p in curve if p[0] > start]
+    window = _window(curve, iterations)
     if len(window) < 2 or iterations <= 0:
         return None, None
     xs, ys = [float(p[0]) for p in window], [float(p[1]) for p in window]
@@ -85,6 +90,39 @@ def converged(curve: Sequence[Sequence[float]], iterations: int, metric: str, to
     if tol is None:
         tol = LOSS_REL_TOL * abs(ys[-1]) if lower else ACCURACY_TOL
     return rise <= tol, rise
+
+
+def _window(curve: Sequence[Sequence[float]], iterations: int) -> list[Sequence[float]]:
+    """The validation points of the last quarter of the iterations, with the last point before it."""
+    start = 0.75 * iterations
+    before = [p for p in curve if p[0] <= start]
+    return ([before[-1]] if before else []) + [p for p in curve if p[0] > start]
+
+
+def largest_fall(curve: Sequence[Sequence[float]], iterations: int, metric: str
+                 ) -> tuple[bool | None, float | None]:
+    """``(swung?, largest fall)`` over the last quarter of a validation curve ``[(iteration, value[, ci95]), ...]``.
+
+    The fall of a point is how far it lies below the best point before it in the window (points of
+    accuracy; for losses, relative to that best value). It is a swing when it exceeds ``FALL_TOL``
+    (``LOSS_FALL_REL_TOL``) and ``FALL_CI_FACTOR`` times the point's validation interval, when the
+    curve has one. ``(None, None)`` when the window has fewer than 2 points.
+    """
+    window = _window(curve, iterations) if iterations > 0 else []
+    if len(window) < 2:
+        return None, None
+    lower = metric in LOWER_IS_BETTER
+    best, worst, swung = float(window[0][1]), 0.0, False
+    for p in window[1:]:
+        y = float(p[1])
+        ci = float(p[2]) if len(p) > 2 and p[2] is not None else 0.0
+        scale = abs(best) if lower and best else 1.0  # a loss's fall is relative to its best value
+        fall, noise = ((y - best) if lower else (best - y)) / scale, ci / scale
+        tol = LOSS_FALL_REL_TOL if lower else FALL_TOL
+        worst = max(worst, fall)
+        swung = swung or (fall > tol and fall > FALL_CI_FACTOR * noise)
+        best = min(best, y) if lower else max(best, y)
+    return swung, worst
 
 
 def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
