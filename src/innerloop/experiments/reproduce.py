@@ -146,7 +146,7 @@ def run_result(run_dir: Path, seed: int | None) -> dict[str, Any]:
     if res.get("kind") != "upper_bound" and res.get("iterations"):
         ok, rise = converged(curve, res["iterations"], res["metric"])
         swung, fall = largest_fall(curve_ci, res["iterations"], res["metric"])
-        res["converged"] = ok and not swung if ok is not None else None
+        res["converged"] = (ok and not swung) if ok is not None else None
         res["val_rise"], res["val_rose"], res["val_fall"], res["val_swung"] = rise, ok is False, fall, swung
     return res
 
