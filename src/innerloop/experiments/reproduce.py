@@ -91,9 +91,9 @@ def set_aside(run_dir: Path) -> Path:
     return dest
 
 
-def validation_curve(run_dir: Path, *, with_ci: bool = False) -> list[list[float]]:
-    """``[[iteration, validation metric], ...]`` from a run's metrics.jsonl (the last entry per iteration);
-    ``with_ci``: ``[iteration, metric, its 95% interval or None]``."""
+def validation_curve(run_dir: Path) -> list[list[float | None]]:
+    """``[[iteration, validation metric, its 95% interval or None], ...]`` from a run's metrics.jsonl (the
+    last entry per iteration)."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -108,9 +108,7 @@ def validation_curve(run_dir: Path, *, with_ci: bool = False) -> list[list[float
             points[int(row["iteration"])] = float(row["val"])
             ci = row.get("val_ci95")
             cis[int(row["iteration"])] = float(ci) if isinstance(ci, int | float) else None
-    if with_ci:
-        return [[it, points[it], cis[it]] for it in sorted(points)]
-    return [[it, points[it]] for it in sorted(points)]
+    return [[it, points[it], cis[it]] for it in sorted(points)]
 
 
 def progress(run_dir: Path) -> tuple[int, float | None]:
@@ -139,7 +137,7 @@ def run_result(run_dir: Path, seed: int | None) -> dict[str, Any]:
         res["seed"] = seed
     elif (run_dir / "config.json").is_file():
         res["seed"] = json.loads((run_dir / "config.json").read_text())["train"]["seed"]
-    curve_ci = validation_curve(run_dir, with_ci=True)
+    curve_ci = validation_curve(run_dir)
     curve = [p[:2] for p in curve_ci]
     if curve:
         res["val_curve"] = curve

@@ -112,13 +112,13 @@ def largest_fall(curve: Sequence[Sequence[float]], iterations: int, metric: str
     if len(window) < 2:
         return None, None
     lower = metric in LOWER_IS_BETTER
+    tol = LOSS_FALL_REL_TOL if lower else FALL_TOL
     best, worst, swung = float(window[0][1]), 0.0, False
     for p in window[1:]:
         y = float(p[1])
         ci = float(p[2]) if len(p) > 2 and p[2] is not None else 0.0
         scale = abs(best) if lower and best else 1.0  # a loss's fall is relative to its best value
         fall, noise = ((y - best) if lower else (best - y)) / scale, ci / scale
-        tol = LOSS_FALL_REL_TOL if lower else FALL_TOL
         worst = max(worst, fall)
         swung = swung or (fall > tol and fall > FALL_CI_FACTOR * noise)
         best = min(best, y) if lower else max(best, y)
